@@ -23,7 +23,7 @@ class LLaMAConfig:
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    max_seq_len: int = 2048
+    max_seq_len: int = 4096
     lora_rank: int = 16
     n_aud_tokens: int = 8            # [AUD0]..[AUD7], appended after the base vocabulary
     adapter_layers_per_modality: int = 6  # audio, image, video: 3 x 6 = the last 18 layers
@@ -148,7 +148,7 @@ def preset(name: str, variant: str = "mumu", music_decoder: str = "musicgen") ->
     elif name == "tiny":
         llama = LLaMAConfig(dim=64, n_layers=4, n_heads=4, vocab_size=512, multiple_of=32,
                             max_seq_len=512, lora_rank=4, adapter_layers_per_modality=1)
-        mert_layers, mert_dim, vit_tokens, vit_dim, vivit_tokens, vivit_dim = 3, 32, 17, 32, 33, 32
+        mert_layers, mert_dim, vit_tokens, vit_dim, vivit_tokens, vivit_dim = 3, 32, 17, 32, 17, 32
         published_video_rnn = 32
         t5_dim, t5_tokens, ldm_gpt2_dim, ldm_gpt2_tokens = 32, 16, 32, 8
         ldm_t5_dim = 32

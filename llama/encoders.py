@@ -1,0 +1,179 @@
+"""Frozen feature extractors: MERT (music), ViT (images), ViViT (video), loaded from local folders.
+
+Each wraps a transformers model and its preprocessor. They are never trained: they stay in eval
+mode whatever the parent module does, have no trainable parameters, and run without autograd.
+Widths and token counts come from the folder's config.json, so the LLM-side adapter config can be
+checked against the weights actually on disk (`check_adapter`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llama.config import AdapterConfig
+
+
+def _read_config(folder: str | Path, what: str) -> tuple[Path, dict]:
+    """Fail early, in one line, on a folder that is not a transformers model folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{what} folder {folder} has no config.json (not a transformers model folder)")
+    return folder, json.loads(cfg.read_text())
+
+
+class FrozenEncoder(nn.Module):
+    """Common part: freezing, device/dtype handling, the sizes the adapters are checked against."""
+
+    n_pool: int   # what the adapter's Conv1d pools over: hidden states (music) or tokens
+    width: int    # feature width
+
+    def __init__(self, model: nn.Module, processor, device="cpu", dtype=torch.float32):
+        super().__init__()
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.processor = processor
+
+    def train(self, mode: bool = True):
+        """Stay in eval mode (no dropout) even when the surrounding model is put in training."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def check_adapter(self, cfg: AdapterConfig, name: str = "adapter") -> None:
+        """Raise if the adapter was configured for a different encoder than the one on disk."""
+        if (cfg.n_pool, cfg.in_dim) != (self.n_pool, self.width):
+            raise ValueError(
+                f"{name} expects {cfg.n_pool} x {cfg.in_dim} features but {type(self).__name__} "
+                f"gives {self.n_pool} x {self.width}")
+
+
+class MusicEncoder(FrozenEncoder):
+    """MERT: all hidden states (embeddings + every layer) of a mono waveform, 75 frames/s at 24 kHz."""
+
+    def __init__(self, model, processor, device="cpu", dtype=torch.float32, window_seconds: float = 30.0):
+        super().__init__(model, processor, device, dtype)
+        c = model.config
+        self.n_layers = self.n_pool = c.num_hidden_layers + 1
+        self.width = c.hidden_size
+        self.window_seconds = window_seconds
+        # Shortest input that yields one frame: the receptive field of the conv feature encoder.
+        kernels, strides = getattr(c, "conv_kernel", (10,)), getattr(c, "conv_stride", (5,))
+        self.min_samples = 1 + sum((k - 1) * math.prod(strides[:i]) for i, k in enumerate(kernels))
+        self.hop = math.prod(strides)
+
+    @classmethod
+    def from_pretrained(cls, folder, trust_remote_code: bool = False, device="cpu",
+                        dtype=torch.float32, window_seconds: float = 30.0) -> "MusicEncoder":
+        from transformers import AutoModel, Wav2Vec2FeatureExtractor
+
+        folder, cfg = _read_config(folder, "MERT")
+        if "auto_map" in cfg and not trust_remote_code:
+            raise ValueError(f"MERT folder {folder} ships its own model code (auto_map in config.json); "
+                             "pass --trust-remote-code to run it")
+        model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+        processor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+        return cls(model, processor, device, dtype, window_seconds)
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.processor.sampling_rate
+
+    @torch.inference_mode()
+    def encode(self, wave: np.ndarray) -> torch.Tensor:
+        """(T,) float waveform at `sampling_rate` -> (L+1, frames, width), the whole clip.
+
+        Long clips are encoded in windows of `window_seconds` and the frames concatenated, so
+        memory stays bounded and nothing past the first window is dropped.
+        """
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        # A multiple of the hop, so window boundaries fall on frame boundaries.
+        window = max(self.hop, int(self.window_seconds * self.sampling_rate) // self.hop * self.hop)
+        chunks = [wave[i:i + window] for i in range(0, max(len(wave), 1), window)]
+        out = []
+        for chunk in chunks:
+            x = self.processor(chunk, sampling_rate=self.sampling_rate, return_tensors="pt").input_values
+            if x.shape[-1] < self.min_samples:  # too short for one frame: pad with silence
+                x = nn.functional.pad(x, (0, self.min_samples - x.shape[-1]))
+            x = x.to(device=self.device, dtype=self.dtype)  # (1, samples)
+            hidden = self.model(x, output_hidden_states=True).hidden_states
+            out.append(torch.stack(hidden)[:, 0])  # (L+1, frames, width)
+        return torch.cat(out, dim=1)  # (L+1, total frames, width)
+
+
+class ImageEncoder(FrozenEncoder):
+    """ViT: the last hidden state (CLS + patch tokens) of RGB images."""
+
+    def __init__(self, model, processor, device="cpu", dtype=torch.float32):
+        super().__init__(model, processor, device, dtype)
+        c = model.config
+        self.n_tokens = self.n_pool = (c.image_size // c.patch_size) ** 2 + 1
+        self.width = c.hidden_size
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32) -> "ImageEncoder":
+        # transformers 5 maps ViTImageProcessor to a torchvision backend; the PIL one gives the
+        # same numbers without torchvision.
+        from transformers import ViTImageProcessorPil, ViTModel
+
+        folder, _ = _read_config(folder, "ViT")
+        model = ViTModel.from_pretrained(folder, local_files_only=True)
+        processor = ViTImageProcessorPil.from_pretrained(folder, local_files_only=True)
+        return cls(model, processor, device, dtype)
+
+    @torch.inference_mode()
+    def encode(self, images) -> torch.Tensor:
+        """list of PIL images -> (B, tokens, width)."""
+        images = [im.convert("RGB") for im in images]
+        x = self.processor(images, return_tensors="pt").pixel_values  # (B, 3, H, W)
+        x = x.to(device=self.device, dtype=self.dtype)
+        return self.model(pixel_values=x).last_hidden_state  # (B, tokens, width)
+
+
+class VideoEncoder(FrozenEncoder):
+    """ViViT: the last hidden state (CLS + tubelet tokens) of `num_frames`-frame RGB clips."""
+
+    def __init__(self, model, processor, device="cpu", dtype=torch.float32):
+        super().__init__(model, processor, device, dtype)
+        c = model.config
+        t, h, w = c.tubelet_size
+        self.n_tokens = self.n_pool = (c.num_frames // t) * (c.image_size // h) * (c.image_size // w) + 1
+        self.width = c.hidden_size
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32) -> "VideoEncoder":
+        from transformers import VivitImageProcessor, VivitModel  # the numpy/PIL processor
+
+        folder, _ = _read_config(folder, "ViViT")
+        model = VivitModel.from_pretrained(folder, local_files_only=True)
+        processor = VivitImageProcessor.from_pretrained(folder, local_files_only=True)
+        return cls(model, processor, device, dtype)
+
+    @property
+    def num_frames(self) -> int:
+        """How many frames the media loader must sample per clip."""
+        return self.model.config.num_frames
+
+    @torch.inference_mode()
+    def encode(self, videos) -> torch.Tensor:
+        """list of (F, H, W, 3) uint8 arrays, F = num_frames -> (B, tokens, width)."""
+        for v in videos:
+            if v.ndim != 4 or v.shape[0] != self.num_frames or v.shape[-1] != 3:
+                raise ValueError(f"video must be ({self.num_frames}, H, W, 3), got {tuple(v.shape)}")
+        # A list of frame lists: a bare 4-D array would be read as a batch of images.
+        frames = [list(np.asarray(v)) for v in videos]
+        x = self.processor(frames, return_tensors="pt", input_data_format="channels_last").pixel_values
+        x = x.to(device=self.device, dtype=self.dtype)  # (B, F, 3, H, W)
+        return self.model(pixel_values=x).last_hidden_state  # (B, tokens, width)

@@ -1,0 +1,274 @@
+"""The LLaMA-2 transformer with MuMu-LLaMA's tuning extras and a KV cache.
+
+Extras over Meta's model: rank-r LoRA on wq/wk/wv/wo/w1/w2/w3, biases on wq/wo/w1/w2/w3, and a
+per-head zero-initialised tanh gate through which the last `n_adapter_layers` layers receive a
+one-token modality prefix (`tanh(gate) * Wv(adapter)` added to the attention output).
+Parameter names follow Meta's checkpoints, so `consolidated.*.pth` loads without renaming.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LLaMAConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in fp32 as Meta does, then cast back.
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+class LoRALinear(nn.Module):
+    """`x W^T + b + B(A(x))`. `merge()` folds B A into W for inference (fewer kernels per token)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.lora_a = nn.Linear(in_features, rank, bias=False) if rank > 0 else None
+        self.lora_b = nn.Linear(rank, out_features, bias=False) if rank > 0 else None
+        self.merged = False
+        nn.init.normal_(self.weight, std=0.02)
+        if rank > 0:
+            nn.init.xavier_uniform_(self.lora_a.weight)
+            nn.init.zeros_(self.lora_b.weight)
+
+    def lora(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_b(self.lora_a(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora_a is not None and not self.merged:
+            y = y + self.lora(x)
+        return y
+
+    def forward_no_lora(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen base projection alone (no LoRA, no bias), used for adapter values."""
+        y = F.linear(x, self.weight)
+        if self.lora_a is not None and self.merged:
+            y = y - self.lora(x)
+        return y
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.lora_a is not None and not self.merged:
+            self.weight += (self.lora_b.weight @ self.lora_a.weight).to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.lora_a is not None and self.merged:
+            self.weight -= (self.lora_b.weight @ self.lora_a.weight).to(self.weight.dtype)
+            self.merged = False
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of Meta's rotary angles, each (max_len, head_dim // 2)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(torch.arange(max_len, device=device).float(), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (Meta's layout, not HF's half split). x: (B, S, H, hd); cos: (S, hd/2)."""
+    xf = x.float().unflatten(-1, (-1, 2))            # (B, S, H, hd/2, 2)
+    even, odd = xf[..., 0], xf[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values per layer, (B, H, max_len, hd); `length` positions are filled."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, cfg: LLaMAConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
+        shape = (batch, cfg.n_heads, max_len, cfg.head_dim)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)])
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLaMAConfig):
+        super().__init__()
+        D, r = cfg.dim, cfg.lora_rank
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.wq = LoRALinear(D, D, bias=True, rank=r)
+        self.wk = LoRALinear(D, D, bias=False, rank=r)
+        self.wv = LoRALinear(D, D, bias=False, rank=r)
+        self.wo = LoRALinear(D, D, bias=True, rank=r)
+        # Per-head gate; zero so a fresh model ignores media until training opens it.
+        self.gate = nn.Parameter(torch.zeros(1, cfg.n_heads, 1, 1))
+
+    def adapter_residual(self, adapter: torch.Tensor) -> torch.Tensor:
+        """What the prefix adds after wo: wo(tanh(gate) * Wv(adapter)), without wo's bias.
+
+        adapter: (B, 1, D) -> (B, 1, D). Constant over positions, so generation computes it once.
+        """
+        B = adapter.shape[0]
+        v = self.wv.forward_no_lora(adapter).view(B, 1, self.n_heads, self.head_dim)
+        gated = (self.gate.tanh().transpose(1, 2) * v).reshape(B, 1, -1)   # (B, 1, D)
+        out = self.wo(gated)
+        return out - self.wo.bias if self.wo.bias is not None else out
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, adapter_res=None):
+        B, S, D = x.shape
+        q = apply_rope(self.wq(x).view(B, S, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(B, S, self.n_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, S, self.n_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # (B, H, S, hd)
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer][:, :, start:start + S] = k
+            cache.values[layer][:, :, start:start + S] = v
+            k = cache.keys[layer][:, :, : start + S]
+            v = cache.values[layer][:, :, : start + S]
+        if mask is None and S > 1:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.wo(out.transpose(1, 2).reshape(B, S, D))
+        if adapter_res is not None:
+            out = out + adapter_res
+        return out
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: LLaMAConfig):
+        super().__init__()
+        D, H, r = cfg.dim, cfg.ffn_dim, cfg.lora_rank
+        self.w1 = LoRALinear(D, H, bias=True, rank=r)
+        self.w2 = LoRALinear(H, D, bias=True, rank=r)
+        self.w3 = LoRALinear(D, H, bias=True, rank=r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: LLaMAConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache, layer, adapter_res=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer, adapter_res)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """LLaMA-2 with `full_vocab_size` rows (base vocabulary + [AUD] tokens)."""
+
+    def __init__(self, cfg: LLaMAConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.full_vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.full_vocab_size, bias=False)
+        if cfg.n_adapter_layers > cfg.n_layers:
+            raise ValueError(f"{cfg.n_adapter_layers} adapter layers but only {cfg.n_layers} layers")
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len * 2, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)   # (2 * max_seq_len, hd/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def first_adapter_layer(self) -> int:
+        return self.cfg.n_layers - self.cfg.n_adapter_layers
+
+    def adapter_residuals(self, adapters: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """adapters: (B, n_adapter_layers, D) prefix inputs -> per-layer residual (B, 1, D) or None."""
+        res: list[torch.Tensor | None] = [None] * self.cfg.n_layers
+        if adapters is None:
+            return res
+        for j in range(self.cfg.n_adapter_layers):
+            layer = self.layers[self.first_adapter_layer + j]
+            res[self.first_adapter_layer + j] = layer.attention.adapter_residual(adapters[:, j:j + 1])
+        return res
+
+    def forward(self, tokens: torch.Tensor, adapter_res: list | None = None,
+                cache: KVCache | None = None, key_mask: torch.Tensor | None = None,
+                logits_for: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, S) -> (logits (B, S|1, V), hidden (B, S, D) after the final norm).
+
+        key_mask (B, T_total) marks real (non-padding) positions of the whole sequence so far,
+        T_total = cache.length + S with a cache, S without. With neither mask nor cache the
+        attention is plain causal.
+        """
+        B, S = tokens.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + S > cache.capacity:
+            raise ValueError(f"sequence of {start + S} tokens exceeds the cache of {cache.capacity}")
+        if start + S > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {start + S} tokens exceeds the context of {self.cfg.max_seq_len}")
+        h = self.tok_embeddings(tokens)                                  # (B, S, D)
+        cos, sin = self.rope_cos[start:start + S], self.rope_sin[start:start + S]
+        mask = self._mask(B, S, start, key_mask, h.device) if (key_mask is not None or start > 0) else None
+        adapter_res = adapter_res or [None] * self.cfg.n_layers
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, cache, i, adapter_res[i])
+        if cache is not None:
+            cache.length = start + S
+        h = self.norm(h)
+        logits = self.output(h[:, -1:] if logits_for == "last" else h)
+        return logits, h
+
+    @staticmethod
+    def _mask(B, S, start, key_mask, device):
+        """Boolean (B|1, 1, S, start+S): causal, and padding keys hidden. None when all visible."""
+        T = start + S
+        q_pos = torch.arange(start, T, device=device)[:, None]
+        allowed = torch.arange(T, device=device)[None, :] <= q_pos        # (S, T)
+        if key_mask is None:
+            return None if S == 1 else allowed[None, None]
+        allowed = allowed[None, None] & key_mask[:, None, None, :T].bool()  # (B, 1, S, T)
+        # A fully masked row (a padding query) would give NaN; let it see itself.
+        return allowed | (~allowed.any(-1, keepdim=True) & (torch.arange(T, device=device) == q_pos))
+
+    def merge_lora(self) -> None:
+        """Fold LoRA into the base weights for inference; training must call `unmerge_lora` first."""
+        for m in self.modules():
+            if isinstance(m, LoRALinear):
+                m.merge()
+
+    def unmerge_lora(self) -> None:
+        for m in self.modules():
+            if isinstance(m, LoRALinear):
+                m.unmerge()
+
+
+def param_count(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def init_new_token_rows(weight: torch.Tensor, n_base: int) -> None:
+    """Rows past `n_base` ([AUD] tokens) start at the mean of the existing rows."""
+    with torch.no_grad():
+        if weight.shape[0] > n_base:
+            weight[n_base:] = weight[:n_base].mean(0, keepdim=True)
+
+
+__all__ = ["RMSNorm", "LoRALinear", "KVCache", "Transformer", "apply_rope", "rope_tables",
+           "param_count", "init_new_token_rows"]

@@ -1,0 +1,182 @@
+"""MuMu-LLaMA assembled: adapters -> gated prefixes in the LLM -> text, and [AUD] -> projector.
+
+This module holds only trainable-side modules and the math (loss, generation). Frozen encoders,
+the tokenizer and the music decoder live in `pipeline.py`, which feeds this model features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adapters import ModalityAdapter
+from .config import MuMuConfig
+from .llama import KVCache, Transformer
+from .projector import OutputProjector
+
+MODALITIES = ("audio", "image", "video")   # order of the prefix-layer groups, first to last
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]                       # generated ids per sample (no prompt)
+    aud_hidden: list[torch.Tensor | None]         # (n_aud, D) hidden states at [AUD0..7], or None
+    music_cond: list[torch.Tensor | None] = field(default_factory=list)  # projector outputs
+
+
+class MuMuLLaMA(nn.Module):
+    def __init__(self, cfg: MuMuConfig):
+        super().__init__()
+        self.cfg = cfg
+        L = cfg.llama
+        self.llm = Transformer(L)
+        self.adapters = nn.ModuleDict({
+            "audio": ModalityAdapter(cfg.audio_adapter),
+            "image": ModalityAdapter(cfg.image_adapter),
+            "video": ModalityAdapter(cfg.video_adapter),
+        })
+        self.prefix_query = nn.Embedding(L.n_adapter_layers, L.dim)
+        self.output_projector = OutputProjector(cfg.projector)
+
+    @property
+    def aud_ids(self) -> list[int]:
+        n = self.cfg.llama.vocab_size
+        return list(range(n, n + self.cfg.llama.n_aud_tokens))
+
+    # ---------------------------------------------------------------- media -> prefixes
+    def prefix_inputs(self, batch: int, feats: dict[str, torch.Tensor | None],
+                      present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Adapter inputs for the prefix layers: (B, n_adapter_layers, D).
+
+        feats[m]: encoder features for modality m (batched), or None when no sample has it.
+        present[m]: optional (B,) bool, for batches where only some samples carry modality m;
+        an absent modality contributes only its learned query, as in the published model.
+        """
+        per = self.cfg.llama.adapter_layers_per_modality
+        q = self.prefix_query.weight                                     # (n_adapter_layers, D)
+        groups = []
+        for g, m in enumerate(MODALITIES):
+            query = q[g * per:(g + 1) * per][None].expand(batch, -1, -1)  # (B, per, D)
+            x = feats.get(m)
+            if x is not None:
+                vec = self.adapters[m](x)                                 # (B, D)
+                if present is not None and m in present:
+                    vec = vec * present[m].to(vec.dtype)[:, None]
+                query = query + vec[:, None, :]
+            groups.append(query)
+        return torch.cat(groups, dim=1)
+
+    # ---------------------------------------------------------------- training forward
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                feats: dict | None = None, present: dict | None = None,
+                key_mask: torch.Tensor | None = None):
+        """tokens, labels: (B, S); labels -100 where not predicted. Returns (ce_loss, logits, hidden)."""
+        prefixes = self.prefix_inputs(tokens.shape[0], feats or {}, present)
+        logits, hidden = self.llm(tokens, self.llm.adapter_residuals(prefixes), key_mask=key_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+        return loss, logits, hidden
+
+    def project_music(self, aud_hidden: torch.Tensor, aud_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_aud, D) hidden states at the [AUD] positions -> (B, n_queries, out_dim)."""
+        return self.output_projector(aud_hidden, self.llm.tok_embeddings(aud_tokens))
+
+    # ---------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], feats: dict | None = None, present: dict | None = None,
+                 max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.9,
+                 eos_id: int = 2, force_music: bool = False, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> GenerationResult:
+        """Decode up to `max_new_tokens` per prompt (left-padded batch).
+
+        When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] are fed
+        in turn and the hidden states at the eight [AUD] positions are kept for the projector.
+        use_cache=False recomputes the whole sequence per token (reference for tests/benchmarks).
+        """
+        L = self.cfg.llama
+        B, device = len(prompts), self.prefix_query.weight.device
+        n_aud, aud_set, aud0 = L.n_aud_tokens, set(self.aud_ids), self.aud_ids[0]
+        longest = max(len(p) for p in prompts)
+        capacity = longest + max_new_tokens + n_aud          # room for a full [AUD] run
+        if capacity > L.max_seq_len:
+            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                             f"context of {L.max_seq_len} tokens")
+        seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
+        mask = torch.ones_like(seq, dtype=torch.bool)
+        for b, p in enumerate(prompts):                       # left padding keeps the ends aligned
+            seq[b, longest - len(p):longest] = torch.tensor(p, device=device)
+            mask[b, :longest - len(p)] = False
+        padded = bool((~mask).any())
+        prefixes = self.prefix_inputs(B, feats or {}, present)
+        adapter_res = self.llm.adapter_residuals(prefixes)    # computed once for the whole decode
+        cache = KVCache.allocate(L, B, capacity, device, prefixes.dtype) if use_cache else None
+
+        generated: list[list[int]] = [[] for _ in range(B)]
+        aud_hidden: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        done = [False] * B
+        end, inp = longest, seq[:, :longest]
+        while True:
+            km = mask[:, :end] if padded else None
+            if use_cache:
+                logits, hidden = self.llm(inp, adapter_res, cache, key_mask=km, logits_for="last")
+            else:
+                logits, hidden = self.llm(seq[:, :end], adapter_res, key_mask=km, logits_for="last")
+            sampled = self._sample(logits[:, -1], temperature, top_p, generator)   # (B,)
+            nxt = torch.full((B,), eos_id, dtype=torch.long)
+            for b in range(B):
+                if done[b]:
+                    continue
+                g = generated[b]
+                after_aud = bool(g) and g[-1] in aud_set
+                if after_aud:                                 # hidden state at an [AUD] input
+                    aud_hidden[b].append(hidden[b, -1].float().clone())
+                    if len(aud_hidden[b]) == n_aud:
+                        done[b] = True
+                        continue
+                    nxt[b] = g[-1] + 1                        # force [AUD1..7] in turn
+                    continue
+                t = int(sampled[b])
+                if t in aud_set:                              # any [AUDk] starts the run at [AUD0]
+                    t = aud0
+                elif t == eos_id or len(g) >= max_new_tokens:
+                    if not force_music:
+                        done[b] = True
+                        continue
+                    t = aud0
+                nxt[b] = t
+            if all(done):
+                break
+            for b in range(B):
+                if not done[b]:
+                    generated[b].append(int(nxt[b]))
+            seq[:, end] = nxt.to(device)
+            end += 1
+            inp = seq[:, end - 1:end]
+
+        tokens_out = generated
+        hid = [torch.stack(h) if len(h) == n_aud else None for h in aud_hidden]
+        cond = []
+        for b in range(B):
+            if hid[b] is None:
+                cond.append(None)
+                continue
+            ids = torch.tensor(self.aud_ids, device=device)[None]
+            cond.append(self.project_music(hid[b][None].to(prefixes.dtype), ids)[0])
+        return GenerationResult(tokens_out, hid, cond)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """Greedy at temperature 0, else nucleus sampling (Meta's `sample_top_p`)."""
+        if temperature <= 0:
+            return logits.argmax(-1).cpu()
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)
+        return idx.gather(-1, choice).squeeze(-1)
