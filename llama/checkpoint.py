@@ -1,0 +1,277 @@
+"""Reading and writing weights: Meta LLaMA shards, published MuMu-LLaMA/M2UGen checkpoints, ours.
+
+Every load goes through safetensors or `torch.load(weights_only=True)`: no pickled code runs.
+Our own checkpoints hold only trained tensors (model.safetensors) plus config.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import LLaMAConfig, MuMuConfig
+from .llama import init_new_token_rows
+
+
+class CheckpointError(ValueError):
+    """One-line, user-facing problem with a weights file or folder."""
+
+
+def torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be read as a weights file ({first})") from e
+
+
+# ------------------------------------------------------------------ Meta LLaMA shards
+# Model-parallel split axis per weight in Meta's consolidated.*.pth (None = replicated).
+_SHARD_DIM = [
+    (re.compile(r"tok_embeddings\.weight$"), 1),
+    (re.compile(r"output\.weight$"), 0),
+    (re.compile(r"attention\.w[qkv]\.weight$"), 0),
+    (re.compile(r"attention\.wo\.weight$"), 1),
+    (re.compile(r"feed_forward\.w[13]\.weight$"), 0),
+    (re.compile(r"feed_forward\.w2\.weight$"), 1),
+]
+
+
+def shard_dim(key: str) -> int | None:
+    for pattern, dim in _SHARD_DIM:
+        if pattern.search(key):
+            return dim
+    return None
+
+
+def load_meta_llama(folder: str | Path) -> tuple[LLaMAConfig, dict[str, torch.Tensor]]:
+    """params.json + consolidated.{00,01,...}.pth -> (config, merged state dict in Meta's names)."""
+    folder = Path(folder)
+    if not (folder / "params.json").is_file():
+        raise CheckpointError(f"{folder}: no params.json (expected a Meta LLaMA folder)")
+    shards = sorted(folder.glob("consolidated.*.pth"))
+    if not shards:
+        raise CheckpointError(f"{folder}: no consolidated.*.pth weights")
+    try:
+        cfg = LLaMAConfig.from_params_json(folder / "params.json")
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'params.json'}: invalid ({e})") from e
+    parts = [torch_load(p) for p in shards]
+    merged = {}
+    for key in parts[0]:
+        dim = shard_dim(key)
+        tensors = [p[key] for p in parts]
+        merged[key] = tensors[0] if dim is None or len(tensors) == 1 else torch.cat(tensors, dim=dim)
+    return cfg, merged
+
+
+def load_llama_base(llm: torch.nn.Module, meta_sd: dict[str, torch.Tensor]) -> None:
+    """Copy Meta weights into our Transformer; [AUD] rows start at the mean of the base rows."""
+    cfg = llm.cfg
+    sd = {k: v for k, v in meta_sd.items() if k != "rope.freqs"}
+    for key in ("tok_embeddings.weight", "output.weight"):
+        if key not in sd:
+            raise CheckpointError(f"LLaMA weights lack {key}")
+        base = sd.pop(key)
+        if base.shape != (cfg.vocab_size, cfg.dim):
+            raise CheckpointError(f"LLaMA {key} is {tuple(base.shape)}, tokenizer/params.json say "
+                                  f"({cfg.vocab_size}, {cfg.dim})")
+        target = dict(llm.named_parameters())[key]
+        with torch.no_grad():
+            target[: cfg.vocab_size].copy_(base)
+        init_new_token_rows(target, cfg.vocab_size)
+    result = llm.load_state_dict(sd, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"LLaMA weights have unexpected keys: {result.unexpected_keys[:5]}")
+    base_missing = [k for k in result.missing_keys
+                    if not re.search(r"lora_|\.bias$|\.gate$|tok_embeddings|output\.weight", k)]
+    if base_missing:
+        raise CheckpointError(f"LLaMA weights lack {len(base_missing)} keys, e.g. {base_missing[:3]}")
+
+
+# ------------------------------------------------------------------ published checkpoints
+_MODALITY = {"mu_mert": "audio", "iu_vit": "image", "iu_vivit": "video"}
+
+
+def _adapter_key(m: re.Match) -> str:
+    mod = _MODALITY[m["prefix"]]
+    part, rest = m["part"], m["rest"]
+    if part == "agg":
+        return f"adapters.{mod}.pool.{rest}"
+    if part == "proj":
+        return f"adapters.{mod}.proj.{rest}"
+    if part in ("rnn", "attention"):
+        legacy = "legacy_" if mod == "video" else ""   # see ModalityAdapter's docstring
+        sub = "rnn" if part == "rnn" else "attention.score"
+        return f"adapters.{mod}.{legacy}{sub}.{rest}"
+    kind, idx = part.split("_")
+    block = int(idx) - 1
+    if kind == "norm":
+        return f"adapters.{mod}.blocks.{block}.norm.{rest}"
+    return f"adapters.{mod}.blocks.{block}.w{kind[1]}.{rest}"
+
+
+# The one table from published names to ours: (pattern, replacement string or function).
+PUBLISHED_KEY_MAP: list[tuple[re.Pattern, object]] = [
+    (re.compile(r"^llama\.layers\.(\d+)\.(attention|feed_forward)\.lora_(w\w)_l1\.weight$"),
+     r"llm.layers.\1.\2.\3.lora_a.weight"),
+    (re.compile(r"^llama\.layers\.(\d+)\.(attention|feed_forward)\.lora_(w\w)_l2\.weight$"),
+     r"llm.layers.\1.\2.\3.lora_b.weight"),
+    (re.compile(r"^llama\.(.+)$"), r"llm.\1"),
+    (re.compile(r"^(?P<prefix>mu_mert|iu_vivit|iu_vit)_(?P<part>agg|proj|rnn|attention|norm_\d|f[123]_\d)"
+                r"\.(?P<rest>.+)$"), _adapter_key),
+    (re.compile(r"^prefix_query\.weight$"), "prefix_query.weight"),
+    (re.compile(r"^output_projector\.query_embs$"), "output_projector.queries"),
+    (re.compile(r"^output_projector\.model\.(.+)$"), r"output_projector.out.\1"),
+    (re.compile(r"^output_projector\.((?:fc|tfm)\..+)$"), r"output_projector.\1"),
+]
+
+# Frozen sub-models the published file may also carry; we load those from their own folders.
+_FROZEN_PREFIXES = ("mert_model.", "vit_model.", "vivit_model.", "generation_model.")
+
+
+def published_to_ours(key: str) -> str | None:
+    for pattern, repl in PUBLISHED_KEY_MAP:
+        m = pattern.match(key)
+        if m:
+            return repl(m) if callable(repl) else m.expand(repl)
+    return None
+
+
+@dataclass
+class LoadReport:
+    loaded: int = 0
+    skipped_frozen: int = 0
+    unknown: list[str] = field(default_factory=list)       # published keys we have no name for
+    mismatched: list[str] = field(default_factory=list)    # "key: file shape vs model shape"
+    missing: list[str] = field(default_factory=list)       # our trainable names the file lacks
+
+    def summary(self) -> str:
+        return (f"loaded {self.loaded} tensors, skipped {self.skipped_frozen} frozen-encoder tensors, "
+                f"{len(self.unknown)} unknown, {len(self.mismatched)} shape mismatches, "
+                f"{len(self.missing)} missing")
+
+
+def load_published_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a released M2UGen / MuMu-LLaMA checkpoint.pth into our module names."""
+    path = Path(path)
+    raw = torch_load(path)
+    sd = raw.get("model", raw) if isinstance(raw, dict) else None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state dict (or {{'model': state dict}})")
+    params = dict(model.state_dict())
+    report, mapped = LoadReport(), {}
+    for key, tensor in sd.items():
+        if key.startswith(_FROZEN_PREFIXES):
+            report.skipped_frozen += 1
+            continue
+        ours = published_to_ours(key)
+        if ours is None or ours not in params:
+            report.unknown.append(key)
+        elif tuple(params[ours].shape) != tuple(tensor.shape):
+            report.mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(params[ours].shape)}")
+        else:
+            mapped[ours] = tensor
+    report.loaded = len(mapped)
+    covered = set(mapped)
+    report.missing = [k for k, p in model.named_parameters() if k not in covered and "legacy_" not in k]
+    if strict and (report.unknown or report.mismatched):
+        detail = (report.mismatched or report.unknown)[:3]
+        raise CheckpointError(f"{path}: does not match this model ({report.summary()}; e.g. {detail}). "
+                              "Check --variant (mumu/m2ugen) and --music-decoder.")
+    model.load_state_dict(mapped, strict=False)
+    return report
+
+
+# ------------------------------------------------------------------ our trained-weights format
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """safetensors written to a temp file in the same folder, then renamed: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str] | None = None) -> Path:
+    """Write only the trained tensors (by default those with requires_grad) + config.json."""
+    folder = Path(folder)
+    params = dict(model.named_parameters())
+    names = names if names is not None else [k for k, p in params.items() if p.requires_grad]
+    atomic_save_file({k: params[k] for k in names}, folder / "model.safetensors")
+    atomic_write_text(folder / "config.json", json.dumps(model.cfg.to_dict(), indent=2))
+    return folder
+
+
+def read_trained_config(folder: str | Path) -> MuMuConfig:
+    path = Path(folder) / "config.json"
+    try:
+        return MuMuConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a MuMu-LLaMA config ({e})") from e
+
+
+def load_trained(model: torch.nn.Module, folder: str | Path) -> list[str]:
+    """Overlay trained tensors onto a model that already holds its base weights. Returns the keys."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:   # safetensors raises its own SafetensorError type; keep the message
+        raise CheckpointError(f"{path}: cannot be read ({e})") from e
+    params = dict(model.named_parameters())
+    bad = [k for k, v in tensors.items() if k not in params or params[k].shape != v.shape]
+    if bad:
+        k = bad[0]
+        shape = tuple(params[k].shape) if k in params else "absent"
+        raise CheckpointError(f"{path}: {len(bad)} tensors do not fit this model, e.g. {k} "
+                              f"(file {tuple(tensors[k].shape)}, model {shape})")
+    model.load_state_dict(tensors, strict=False)
+    return list(tensors)
+
+
+def write_tiny_mumu_checkpoint(folder: str | Path, cfg: MuMuConfig, seed: int = 0) -> Path:
+    """The tiny bundle's 'trained' part: random adapters, projector, LoRA and open gates.
+
+    Gates are opened (non-zero) so that media visibly changes the tiny model's answers.
+    """
+    from .mumu_llama import MuMuLLaMA   # local import: mumu_llama imports this module's siblings
+    from .trainable import trainable_names
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MuMuLLaMA(cfg)
+        names = trainable_names(model, stage=3) + [
+            k for k in trainable_names(model, stage=1) if k.startswith("adapters.")]
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k in names:
+                p = params[k]
+                if k.endswith(".gate"):
+                    p.uniform_(-1.0, 1.0)
+                elif "lora_b" in k:
+                    p.normal_(std=0.02)
+    return save_trained(model, folder, sorted(set(names)))
