@@ -7,6 +7,7 @@ checked against the weights actually on disk (`check_adapter`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -29,8 +30,26 @@ def _read_config(folder: str | Path, what: str) -> tuple[Path, dict]:
     return folder, json.loads(cfg.read_text())
 
 
+@contextlib.contextmanager
+def quiet_progress():
+    """No 'Loading weights' / 'Writing model shards' bars for tiny local folders; restores the setting."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
+
+
 class FrozenEncoder(nn.Module):
-    """Common part: freezing, device/dtype handling, the sizes the adapters are checked against."""
+    """Common part: freezing, device/dtype handling, the sizes the adapters are checked against.
+
+    `encode` runs under no_grad rather than inference_mode: inference tensors could not be saved
+    for backward by the trainable adapters that consume them.
+    """
 
     n_pool: int   # what the adapter's Conv1d pools over: hidden states (music) or tokens
     width: int    # feature width
@@ -39,6 +58,7 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.processor = processor
+        self.eval()
 
     def train(self, mode: bool = True):
         """Stay in eval mode (no dropout) even when the surrounding model is put in training."""
@@ -83,7 +103,8 @@ class MusicEncoder(FrozenEncoder):
         if "auto_map" in cfg and not trust_remote_code:
             raise ValueError(f"MERT folder {folder} ships its own model code (auto_map in config.json); "
                              "pass --trust-remote-code to run it")
-        model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+        with quiet_progress():
+            model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
         processor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, device, dtype, window_seconds)
 
@@ -91,7 +112,7 @@ class MusicEncoder(FrozenEncoder):
     def sampling_rate(self) -> int:
         return self.processor.sampling_rate
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, wave: np.ndarray) -> torch.Tensor:
         """(T,) float waveform at `sampling_rate` -> (L+1, frames, width), the whole clip.
 
@@ -99,9 +120,11 @@ class MusicEncoder(FrozenEncoder):
         memory stays bounded and nothing past the first window is dropped.
         """
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if wave.size == 0:
+            raise ValueError("cannot encode an empty waveform")
         # A multiple of the hop, so window boundaries fall on frame boundaries.
         window = max(self.hop, int(self.window_seconds * self.sampling_rate) // self.hop * self.hop)
-        chunks = [wave[i:i + window] for i in range(0, max(len(wave), 1), window)]
+        chunks = [wave[i:i + window] for i in range(0, len(wave), window)]
         out = []
         for chunk in chunks:
             x = self.processor(chunk, sampling_rate=self.sampling_rate, return_tensors="pt").input_values
@@ -129,11 +152,12 @@ class ImageEncoder(FrozenEncoder):
         from transformers import ViTImageProcessorPil, ViTModel
 
         folder, _ = _read_config(folder, "ViT")
-        model = ViTModel.from_pretrained(folder, local_files_only=True)
+        with quiet_progress():
+            model = ViTModel.from_pretrained(folder, local_files_only=True)
         processor = ViTImageProcessorPil.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, device, dtype)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """list of PIL images -> (B, tokens, width)."""
         images = [im.convert("RGB") for im in images]
@@ -157,7 +181,8 @@ class VideoEncoder(FrozenEncoder):
         from transformers import VivitImageProcessor, VivitModel  # the numpy/PIL processor
 
         folder, _ = _read_config(folder, "ViViT")
-        model = VivitModel.from_pretrained(folder, local_files_only=True)
+        with quiet_progress():
+            model = VivitModel.from_pretrained(folder, local_files_only=True)
         processor = VivitImageProcessor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, device, dtype)
 
@@ -166,7 +191,7 @@ class VideoEncoder(FrozenEncoder):
         """How many frames the media loader must sample per clip."""
         return self.model.config.num_frames
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, videos) -> torch.Tensor:
         """list of (F, H, W, 3) uint8 arrays, F = num_frames -> (B, tokens, width)."""
         for v in videos:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llama.config import MuMuConfig, preset
+from llama.encoders import quiet_progress
 
 BUNDLE_FILE = "bundle.json"
 LAYOUT = {"preset": "tiny", "llama_dir": "LLaMA", "llama_type": "tiny", "mert": "MERT",
@@ -131,8 +132,9 @@ def write_llama(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
 
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """transformers initialises weights from the global RNG: seed it without leaking the state."""
-    with torch.random.fork_rng(devices=[]):
+    """transformers initialises weights from the global RNG: seed it without leaking the state
+    (and without progress bars)."""
+    with torch.random.fork_rng(devices=[]), quiet_progress():
         torch.manual_seed(seed)
         yield
 
@@ -153,8 +155,7 @@ def write_mert(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
         conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True,
         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4)
     with _seeded(seed):
-        model = HubertModel(conf)
-    model.save_pretrained(folder)
+        HubertModel(conf).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=MERT_SAMPLING_RATE, padding_value=0.0,
                              do_normalize=True, return_attention_mask=True).save_pretrained(folder)
     return folder
@@ -174,8 +175,7 @@ def write_vit(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
     conf = ViTConfig(**_encoder_sizes(a.in_dim), image_size=IMAGE_SIZE,
                      patch_size=_patch(a.n_pool, IMAGE_SIZE))
     with _seeded(seed):
-        model = ViTModel(conf)
-    model.save_pretrained(folder)
+        ViTModel(conf).save_pretrained(folder)
     ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
     return folder
 
@@ -191,8 +191,7 @@ def write_vivit(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
     conf = VivitConfig(**_encoder_sizes(a.in_dim), image_size=IMAGE_SIZE,
                        num_frames=VIDEO_FRAMES, tubelet_size=list(VIDEO_TUBELET))
     with _seeded(seed):
-        model = VivitModel(conf)
-    model.save_pretrained(folder)
+        VivitModel(conf).save_pretrained(folder)
     VivitImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
     return folder
@@ -208,7 +207,8 @@ def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
     write_mert(root / LAYOUT["mert"], cfg, seed + 1)
     write_vit(root / LAYOUT["vit"], cfg, seed + 2)
     write_vivit(root / LAYOUT["vivit"], cfg, seed + 3)
-    build_tiny_musicgen(root / LAYOUT["musicgen"], cond_dim=cfg.projector.out_dim, seed=seed + 4)
+    build_tiny_musicgen(root / LAYOUT["musicgen"], cond_dim=cfg.projector.out_dim,
+                        n_cond_tokens=cfg.projector.n_queries, seed=seed + 4)
     write_tiny_mumu_checkpoint(root / LAYOUT["mumu"], cfg, seed + 5)
     (root / BUNDLE_FILE).write_text(json.dumps(LAYOUT, indent=2) + "\n")  # written last
 
@@ -222,8 +222,10 @@ def build_tiny_bundle(out_dir: str | Path, seed: int = 0, force: bool = False) -
         raise FileExistsError(f"{out} exists and is not a tiny bundle; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary folder
     try:
-        _write_all(tmp, preset("tiny"), seed)
+        with quiet_progress():
+            _write_all(tmp, preset("tiny"), seed)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)

@@ -1,0 +1,188 @@
+"""Everything needed to answer one request: tokenizer, model, frozen encoders, music decoder.
+
+A checkpoint tree is described by `bundle.json` (the tiny bundle writes one; for real weights
+write your own, see README) or by explicit paths. Encoders and the decoder are loaded on first
+use, so a text-only request never pays for MERT or MusicGen.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import (CheckpointError, load_llama_base, load_meta_llama, load_published_checkpoint,
+                         load_trained, read_trained_config)
+from .config import MuMuConfig, preset
+from .media import load_audio, load_image, load_video
+from .mumu_llama import MuMuLLaMA
+from .tokenizer import Tokenizer, format_prompt
+
+
+@dataclass
+class BundlePaths:
+    """Where each part lives. Relative paths in bundle.json are relative to the bundle folder."""
+
+    llama_dir: Path                      # holds tokenizer.model and <llama_type>/params.json
+    llama_type: str = "7B"
+    mert: Path | None = None
+    vit: Path | None = None
+    vivit: Path | None = None
+    musicgen: Path | None = None
+    audioldm2: Path | None = None
+    mumu: Path | None = None             # our trained weights (model.safetensors + config.json)
+    checkpoint: Path | None = None       # a published M2UGen / MuMu-LLaMA checkpoint.pth
+    preset: str = "7b"
+    variant: str = "mumu"
+    music_decoder: str = "musicgen"
+
+    @classmethod
+    def from_bundle(cls, folder: str | Path, **overrides) -> "BundlePaths":
+        folder = Path(folder)
+        path = folder / "bundle.json"
+        try:
+            spec = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{path}: missing (not a checkpoint bundle folder)") from e
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+        names = {f.name for f in fields(cls)}
+        unknown = set(spec) - names
+        if unknown:
+            raise CheckpointError(f"{path}: unknown entries {sorted(unknown)}")
+        spec.update({k: v for k, v in overrides.items() if v is not None})
+        paths = {"llama_dir", "mert", "vit", "vivit", "musicgen", "audioldm2", "mumu", "checkpoint"}
+        for k in paths & set(spec):
+            spec[k] = folder / spec[k] if spec[k] is not None else None
+        return cls(**spec)
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list[int]
+    audio: np.ndarray | None = None      # (n_samples,) float32
+    sample_rate: int | None = None
+    timings: dict = field(default_factory=dict)
+
+
+class MuMuPipeline:
+    def __init__(self, paths: BundlePaths, model: MuMuLLaMA, tokenizer: Tokenizer,
+                 device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+        self.paths, self.model, self.tokenizer = paths, model, tokenizer
+        self.device, self.dtype = device, dtype
+        self.trust_remote_code = trust_remote_code
+        self._encoders: dict[str, object] = {}
+        self._decoder = None
+
+    @classmethod
+    def load(cls, paths: BundlePaths, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             trust_remote_code: bool = False, merge_lora: bool = True) -> "MuMuPipeline":
+        tokenizer = Tokenizer(paths.llama_dir / "tokenizer.model")
+        llama_cfg, meta_sd = load_meta_llama(paths.llama_dir / paths.llama_type)
+        cfg = build_config(paths, llama_cfg, tokenizer.n_base)
+        model = MuMuLLaMA(cfg)
+        load_llama_base(model.llm, meta_sd)
+        del meta_sd
+        if paths.checkpoint is not None:
+            load_published_checkpoint(model, paths.checkpoint)
+        if paths.mumu is not None:
+            load_trained(model, paths.mumu)
+        model.eval().requires_grad_(False)
+        if merge_lora:
+            model.llm.merge_lora()      # fold LoRA into the base weights: fewer kernels per token
+        model.to(device=device, dtype=dtype)
+        return cls(paths, model, tokenizer, torch.device(device), dtype, trust_remote_code)
+
+    # ------------------------------------------------------------ lazily loaded parts
+    def encoder(self, kind: str):
+        if kind not in self._encoders:
+            from .encoders import ImageEncoder, MusicEncoder, VideoEncoder
+            folder = {"audio": self.paths.mert, "image": self.paths.vit, "video": self.paths.vivit}[kind]
+            if folder is None:
+                raise CheckpointError(f"no {kind} encoder folder configured (bundle.json / --{kind}-encoder)")
+            if kind == "audio":
+                enc = MusicEncoder.from_pretrained(folder, trust_remote_code=self.trust_remote_code,
+                                                   device=self.device, dtype=self.dtype)
+            else:
+                enc = {"image": ImageEncoder, "video": VideoEncoder}[kind].from_pretrained(
+                    folder, device=self.device, dtype=self.dtype)
+            enc.check_adapter(getattr(self.model.cfg, f"{kind}_adapter"), f"{kind} adapter")
+            self._encoders[kind] = enc
+        return self._encoders[kind]
+
+    def decoder(self):
+        if self._decoder is None:
+            from .decoders import load_decoder
+            name = self.model.cfg.music_decoder
+            folder = getattr(self.paths, name)
+            if folder is None:
+                raise CheckpointError(f"no {name} folder configured (bundle.json / --music-decoder-path)")
+            self._decoder = load_decoder(name, folder, device=self.device, dtype=self.dtype)
+            self._decoder.check_projector(self.model.cfg.projector)
+        return self._decoder
+
+    # ------------------------------------------------------------ one request
+    def features(self, audio=None, image=None, video=None) -> dict[str, torch.Tensor]:
+        """Media paths -> encoder features with a batch axis of 1."""
+        feats = {}
+        if audio is not None:
+            enc = self.encoder("audio")
+            feats["audio"] = enc.encode(load_audio(audio, enc.sampling_rate))[None]    # (1, L, T, W)
+        if image is not None:
+            feats["image"] = self.encoder("image").encode([load_image(image)])          # (1, N, W)
+        if video is not None:
+            enc = self.encoder("video")
+            feats["video"] = enc.encode([load_video(video, enc.num_frames)])            # (1, N, W)
+        return {k: v.to(self.device, self.dtype) for k, v in feats.items()}
+
+    def answer(self, prompt: str, audio=None, image=None, video=None, music: bool = False,
+               duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
+               top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
+               template: bool = True) -> Answer:
+        import time
+        if not prompt or not prompt.strip():
+            raise ValueError("empty prompt")
+        if music and duration <= 0:
+            raise ValueError(f"duration must be positive, got {duration}")
+        t0 = time.perf_counter()
+        feats = self.features(audio, image, video)
+        t1 = time.perf_counter()
+        ids = self.tokenizer.encode(format_prompt(prompt) if template else prompt, bos=True)
+        gen = torch.Generator().manual_seed(seed)
+        result = self.model.generate([ids], feats, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     top_p=top_p, eos_id=self.tokenizer.eos_id, force_music=music,
+                                     generator=gen)
+        t2 = time.perf_counter()
+        out = Answer(self.tokenizer.decode(result.tokens[0]).strip(), result.tokens[0])
+        out.timings = {"encode_s": t1 - t0, "generate_s": t2 - t1, "new_tokens": len(result.tokens[0])}
+        cond = result.music_cond[0]
+        if cond is not None:
+            decoder = self.decoder()
+            kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+            wave = decoder.render_projected(cond[None] / self.model.cfg.bridge_scale, duration=duration,
+                                            seed=seed, **kwargs)
+            out.audio, out.sample_rate = wave[0], decoder.sampling_rate
+            out.timings["render_s"] = time.perf_counter() - t2
+        return out
+
+
+def build_config(paths: BundlePaths, llama_cfg, vocab_size: int) -> MuMuConfig:
+    """Sizes: the trained weights' config.json if any, else the preset; LLaMA from params.json."""
+    if paths.mumu is not None:
+        cfg = read_trained_config(paths.mumu)
+    else:
+        cfg = preset(paths.preset, paths.variant, paths.music_decoder)
+    L = cfg.llama
+    for name in ("dim", "n_layers", "n_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps"):
+        setattr(L, name, getattr(llama_cfg, name))
+    L.vocab_size = vocab_size
+    if paths.music_decoder != cfg.music_decoder and paths.mumu is not None:
+        raise CheckpointError(f"{paths.mumu}: trained for the {cfg.music_decoder} decoder, "
+                              f"but {paths.music_decoder} was asked for")
+    for adapter in (cfg.audio_adapter, cfg.image_adapter, cfg.video_adapter):
+        adapter.out_dim = L.dim
+    cfg.projector.in_dim = L.dim
+    return cfg
