@@ -1,0 +1,43 @@
+# Two commands for a fresh machine:  make demo   and   make test
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: setup demo test tiny bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+ckpts/tiny/bundle.json: $(VENV)/.installed
+	$(PY) -m llama.tiny ckpts/tiny
+
+tiny: ckpts/tiny/bundle.json
+
+# Builds the tiny bundle and example media, then answers the example requests
+# (audio, image, video, text-only + music) and writes WAVs to outputs/demo/.
+demo: tiny
+	$(PY) -m llama.examples assets/generated
+	rm -f outputs/demo/results.jsonl
+	$(PY) inference.py --input assets/generated/requests.jsonl --output-dir outputs/demo
+	@echo "answers: outputs/demo/results.jsonl   music: outputs/demo/*.wav"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/decode.py
+
+clean:
+	rm -rf outputs assets/generated ckpts/tiny
