@@ -98,6 +98,7 @@ def write_wav(path: Path, audio, sample_rate: int) -> None:
     os.close(fd)
     try:
         sf.write(tmp, audio, sample_rate, subtype="PCM_16")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -207,6 +208,9 @@ def run_batch(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import transformers
+
+    transformers.logging.set_verbosity_error()   # config advisories drown the answers otherwise
     from llama.checkpoint import CheckpointError
     from llama.media import MediaError
     try:

@@ -116,11 +116,13 @@ class MuMuPipeline:
     def decoder(self):
         if self._decoder is None:
             from .decoders import load_decoder
+            from .encoders import quiet_progress
             name = self.model.cfg.music_decoder
             folder = getattr(self.paths, name)
             if folder is None:
                 raise CheckpointError(f"no {name} folder configured (bundle.json / --music-decoder-path)")
-            self._decoder = load_decoder(name, folder, device=self.device, dtype=self.dtype)
+            with quiet_progress():
+                self._decoder = load_decoder(name, folder, device=self.device, dtype=self.dtype)
             self._decoder.check_projector(self.model.cfg.projector)
         return self._decoder
 
