@@ -256,7 +256,8 @@ def load_trained(model: torch.nn.Module, folder: str | Path) -> list[str]:
 def write_tiny_mumu_checkpoint(folder: str | Path, cfg: MuMuConfig, seed: int = 0) -> Path:
     """The tiny bundle's 'trained' part: random adapters, projector, LoRA and open gates.
 
-    Gates are opened (non-zero) so that media visibly changes the tiny model's answers.
+    Gates are opened (non-zero), the prefix queries kept small and the adapter projections made
+    large, so that media visibly change the tiny model's answers.
     """
     from .mumu_llama import MuMuLLaMA   # local import: mumu_llama imports this module's siblings
     from .trainable import trainable_names
@@ -272,6 +273,10 @@ def write_tiny_mumu_checkpoint(folder: str | Path, cfg: MuMuConfig, seed: int = 
                 p = params[k]
                 if k.endswith(".gate"):
                     p.uniform_(-1.0, 1.0)
+                elif k == "prefix_query.weight":
+                    p.normal_(std=0.02)
+                elif k.startswith("adapters.") and k.endswith(".proj.weight"):
+                    p.normal_(std=1.0)
                 elif "lora_b" in k:
                     p.normal_(std=0.02)
     return save_trained(model, folder, sorted(set(names)))
