@@ -80,9 +80,11 @@ def load_pipeline(args):
         ensure_tiny_bundle(ckpt)
     paths = BundlePaths.from_bundle(ckpt, llama_type=args.llama_type, variant=args.variant,
                                     music_decoder=args.music_decoder)
-    for k in ("llama_dir", "mert", "vit", "vivit", "checkpoint", "mumu"):   # CLI paths are cwd-relative
+    for k in ("llama_dir", "mert", "vit", "vivit", "checkpoint"):   # CLI paths are cwd-relative
         if getattr(args, k) is not None:
             setattr(paths, k, getattr(args, k))
+    if args.mumu is not None:
+        setattr(paths, "mumu_audioldm2" if paths.music_decoder == "audioldm2" else "mumu", args.mumu)
     if args.music_decoder_path is not None:
         setattr(paths, paths.music_decoder, args.music_decoder_path)
     return MuMuPipeline.load(paths, device=args.device, dtype=getattr(torch, args.dtype),

@@ -33,6 +33,7 @@ class BundlePaths:
     musicgen: Path | None = None
     audioldm2: Path | None = None
     mumu: Path | None = None             # our trained weights (model.safetensors + config.json)
+    mumu_audioldm2: Path | None = None   # the same, trained for the AudioLDM2 decoder
     checkpoint: Path | None = None       # a published M2UGen / MuMu-LLaMA checkpoint.pth
     preset: str = "7b"
     variant: str = "mumu"
@@ -53,10 +54,16 @@ class BundlePaths:
         if unknown:
             raise CheckpointError(f"{path}: unknown entries {sorted(unknown)}")
         spec.update({k: v for k, v in overrides.items() if v is not None})
-        paths = {"llama_dir", "mert", "vit", "vivit", "musicgen", "audioldm2", "mumu", "checkpoint"}
+        paths = {"llama_dir", "mert", "vit", "vivit", "musicgen", "audioldm2", "mumu", "mumu_audioldm2",
+                 "checkpoint"}
         for k in paths & set(spec):
             spec[k] = folder / spec[k] if spec[k] is not None else None
         return cls(**spec)
+
+    @property
+    def trained(self) -> Path | None:
+        """Our trained weights for the chosen music decoder, if any."""
+        return self.mumu_audioldm2 if self.music_decoder == "audioldm2" else self.mumu
 
 
 @dataclass
@@ -88,8 +95,8 @@ class MuMuPipeline:
         del meta_sd
         if paths.checkpoint is not None:
             load_published_checkpoint(model, paths.checkpoint)
-        if paths.mumu is not None:
-            load_trained(model, paths.mumu)
+        if paths.trained is not None:
+            load_trained(model, paths.trained)
         model.eval().requires_grad_(False)
         if merge_lora:
             model.llm.merge_lora()      # fold LoRA into the base weights: fewer kernels per token
@@ -173,16 +180,16 @@ class MuMuPipeline:
 
 def build_config(paths: BundlePaths, llama_cfg, vocab_size: int) -> MuMuConfig:
     """Sizes: the trained weights' config.json if any, else the preset; LLaMA from params.json."""
-    if paths.mumu is not None:
-        cfg = read_trained_config(paths.mumu)
+    if paths.trained is not None:
+        cfg = read_trained_config(paths.trained)
     else:
         cfg = preset(paths.preset, paths.variant, paths.music_decoder)
     L = cfg.llama
     for name in ("dim", "n_layers", "n_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps"):
         setattr(L, name, getattr(llama_cfg, name))
     L.vocab_size = vocab_size
-    if paths.music_decoder != cfg.music_decoder and paths.mumu is not None:
-        raise CheckpointError(f"{paths.mumu}: trained for the {cfg.music_decoder} decoder, "
+    if paths.music_decoder != cfg.music_decoder and paths.trained is not None:
+        raise CheckpointError(f"{paths.trained}: trained for the {cfg.music_decoder} decoder, "
                               f"but {paths.music_decoder} was asked for")
     for adapter in (cfg.audio_adapter, cfg.image_adapter, cfg.video_adapter):
         adapter.out_dim = L.dim
