@@ -213,12 +213,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str] | None = None) -> Path:
-    """Write only the trained tensors (by default those with requires_grad) + config.json."""
-    folder = Path(folder)
+def trained_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors; a virtual `*.aud_rows` name holds only the [AUD] rows of its matrix."""
+    from .trainable import AUD_ROWS
+
     params = dict(model.named_parameters())
-    names = names if names is not None else [k for k, p in params.items() if p.requires_grad]
-    atomic_save_file({k: params[k] for k in names}, folder / "model.safetensors")
+    n_base = model.cfg.llama.vocab_size
+    return {k: params[AUD_ROWS[k]][n_base:] if k in AUD_ROWS else params[k] for k in names}
+
+
+def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str]) -> Path:
+    """Write only the trained tensors + config.json (never the frozen base model)."""
+    folder = Path(folder)
+    atomic_save_file(trained_tensors(model, names), folder / "model.safetensors")
     atomic_write_text(folder / "config.json", json.dumps(model.cfg.to_dict(), indent=2))
     return folder
 
@@ -242,15 +249,22 @@ def load_trained(model: torch.nn.Module, folder: str | Path) -> list[str]:
         tensors = load_file(str(path))
     except Exception as e:   # safetensors raises its own SafetensorError type; keep the message
         raise CheckpointError(f"{path}: cannot be read ({e})") from e
+    from .trainable import AUD_ROWS
+
     params = dict(model.named_parameters())
+    params.update({k: v for k, v in trained_tensors(model, list(AUD_ROWS)).items()})
     bad = [k for k, v in tensors.items() if k not in params or params[k].shape != v.shape]
     if bad:
         k = bad[0]
         shape = tuple(params[k].shape) if k in params else "absent"
         raise CheckpointError(f"{path}: {len(bad)} tensors do not fit this model, e.g. {k} "
                               f"(file {tuple(tensors[k].shape)}, model {shape})")
+    loaded = list(tensors)
+    with torch.no_grad():
+        for k in AUD_ROWS.keys() & tensors.keys():
+            params[k].copy_(tensors.pop(k))          # a view of the matrix rows: writes through
     model.load_state_dict(tensors, strict=False)
-    return list(tensors)
+    return loaded
 
 
 def write_tiny_mumu_checkpoint(folder: str | Path, cfg: MuMuConfig, seed: int = 0) -> Path:

@@ -20,6 +20,15 @@ MODALITIES = ("audio", "image", "video")   # order of the prefix-layer groups, f
 
 
 @dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    hidden: torch.Tensor                          # (B, S, D) after the final norm
+    loss: torch.Tensor | None = None              # ce_loss + bridge_loss (those present)
+    ce_loss: torch.Tensor | None = None
+    bridge_loss: torch.Tensor | None = None
+
+
+@dataclass
 class GenerationResult:
     tokens: list[list[int]]                       # generated ids per sample (no prompt)
     aud_hidden: list[torch.Tensor | None]         # (n_aud, D) hidden states at [AUD0..7], or None
@@ -46,40 +55,72 @@ class MuMuLLaMA(nn.Module):
         return list(range(n, n + self.cfg.llama.n_aud_tokens))
 
     # ---------------------------------------------------------------- media -> prefixes
-    def prefix_inputs(self, batch: int, feats: dict[str, torch.Tensor | None],
+    def prefix_inputs(self, batch: int, feats: dict[str, torch.Tensor | list | None],
                       present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Adapter inputs for the prefix layers: (B, n_adapter_layers, D).
 
-        feats[m]: encoder features for modality m (batched), or None when no sample has it.
-        present[m]: optional (B,) bool, for batches where only some samples carry modality m;
-        an absent modality contributes only its learned query, as in the published model.
+        feats[m]: encoder features for modality m, batched, or a list with one tensor (without
+        batch axis) or None per sample, for batches that mix modalities and audio lengths.
+        present[m]: optional (B,) bool for a batched tensor where only some samples carry m.
+        An absent modality contributes only its learned query, as in the published model.
         """
         per = self.cfg.llama.adapter_layers_per_modality
         q = self.prefix_query.weight                                     # (n_adapter_layers, D)
         groups = []
         for g, m in enumerate(MODALITIES):
             query = q[g * per:(g + 1) * per][None].expand(batch, -1, -1)  # (B, per, D)
-            x = feats.get(m)
-            if x is not None:
-                vec = self.adapters[m](x)                                 # (B, D)
-                if present is not None and m in present:
-                    vec = vec * present[m].to(vec.dtype)[:, None]
+            vec = self._modality_vector(m, feats.get(m), batch, present)
+            if vec is not None:
                 query = query + vec[:, None, :]
             groups.append(query)
         return torch.cat(groups, dim=1)
 
+    def _modality_vector(self, m: str, x, batch: int, present) -> torch.Tensor | None:
+        """(B, D) adapter output, zero for samples without modality m; None if no sample has it."""
+        if x is None:
+            return None
+        if isinstance(x, (list, tuple)):
+            rows = [i for i, f in enumerate(x) if f is not None]
+            if not rows:
+                return None
+            outs = [self.adapters[m](x[i][None])[0] for i in rows]          # each (D,)
+            vec = outs[0].new_zeros(batch, outs[0].shape[-1])
+            return vec.index_copy(0, torch.tensor(rows, device=vec.device), torch.stack(outs))
+        vec = self.adapters[m](x)                                            # (B, D)
+        if present is not None and m in present:
+            vec = vec * present[m].to(vec.dtype)[:, None]
+        return vec
+
     # ---------------------------------------------------------------- training forward
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                 feats: dict | None = None, present: dict | None = None,
-                key_mask: torch.Tensor | None = None):
-        """tokens, labels: (B, S); labels -100 where not predicted. Returns (ce_loss, logits, hidden)."""
+                key_mask: torch.Tensor | None = None, aud_positions: torch.Tensor | None = None,
+                bridge_target: torch.Tensor | None = None) -> ModelOutput:
+        """tokens, labels: (B, S), labels -100 where not predicted (aligned with tokens; shifted here).
+
+        aud_positions: (B, n_aud) indices of [AUD0..7] in tokens, -1 rows for text-only samples.
+        bridge_target: (G, n_queries, out_dim) for the G samples with music, in batch order: the
+        scaled decoder conditioning of their caption. Loss = cross-entropy + MSE bridge loss.
+        """
         prefixes = self.prefix_inputs(tokens.shape[0], feats or {}, present)
         logits, hidden = self.llm(tokens, self.llm.adapter_residuals(prefixes), key_mask=key_mask)
-        loss = None
+        out = ModelOutput(logits=logits, hidden=hidden)
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=-100)
-        return loss, logits, hidden
+            out.ce_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                          labels[:, 1:].reshape(-1), ignore_index=-100)
+            out.loss = out.ce_loss
+        if aud_positions is not None and bridge_target is not None:
+            rows = (aud_positions[:, 0] >= 0).nonzero().squeeze(1)               # (G,)
+            if rows.numel() != bridge_target.shape[0]:
+                raise ValueError(f"{rows.numel()} samples with [AUD] tokens but "
+                                 f"{bridge_target.shape[0]} bridge targets")
+            if rows.numel():
+                pos = aud_positions[rows]                                         # (G, n_aud)
+                aud_hidden = hidden[rows[:, None], pos]                           # (G, n_aud, D)
+                projected = self.project_music(aud_hidden, tokens[rows[:, None], pos])
+                out.bridge_loss = F.mse_loss(projected.float(), bridge_target.float())
+                out.loss = out.bridge_loss if out.loss is None else out.loss + out.bridge_loss
+        return out
 
     def project_music(self, aud_hidden: torch.Tensor, aud_tokens: torch.Tensor) -> torch.Tensor:
         """(B, n_aud, D) hidden states at the [AUD] positions -> (B, n_queries, out_dim)."""

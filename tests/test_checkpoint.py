@@ -136,3 +136,28 @@ def test_trained_weights_round_trip(tmp_path):
     save_trained(a, tmp_path / "proj", ["output_projector.out.weight"])
     with pytest.raises(CheckpointError, match="do not fit"):
         load_trained(MuMuLLaMA(preset("tiny", music_decoder="audioldm2")), tmp_path / "proj")
+
+
+def test_aud_rows_train_alone_and_round_trip(tmp_path):
+    from llama.trainable import set_trainable
+    torch.manual_seed(0)
+    m = MuMuLLaMA(preset("tiny"))
+    names = set_trainable(m, stage=1)
+    assert "llm.tok_embeddings.aud_rows" in names
+    before = m.llm.tok_embeddings.weight.detach().clone()
+    tokens = torch.tensor([[1, 5, 6] + m.aud_ids])
+    m(tokens, tokens.clone()).loss.backward()
+    g = m.llm.tok_embeddings.weight.grad
+    assert g[:m.cfg.llama.vocab_size].abs().sum() == 0 and g[m.cfg.llama.vocab_size:].abs().sum() > 0
+    assert m.llm.output.weight.grad[:m.cfg.llama.vocab_size].abs().sum() == 0
+    with torch.no_grad():
+        m.llm.tok_embeddings.weight[m.cfg.llama.vocab_size:] += 1.0
+    save_trained(m, tmp_path / "ck", names)
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    assert saved["llm.tok_embeddings.aud_rows"].shape == (8, m.cfg.llama.dim)
+    fresh = MuMuLLaMA(preset("tiny"))
+    with torch.no_grad():
+        fresh.llm.tok_embeddings.weight.copy_(before)
+    load_trained(fresh, tmp_path / "ck")
+    torch.testing.assert_close(fresh.llm.tok_embeddings.weight, m.llm.tok_embeddings.weight)

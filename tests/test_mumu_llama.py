@@ -44,10 +44,10 @@ def test_batched_generation_equals_one_by_one(model):
 def test_media_changes_the_logits_and_each_modality_counts(model):
     tokens = torch.tensor([[1, 20, 21]])
     base = feats(1, seed=0)
-    ref = model(tokens, feats=base)[1]
+    ref = model(tokens, feats=base).logits
     for name in ("audio", "image", "video"):
         other = dict(base, **{name: feats(1, seed=1)[name]})
-        assert (model(tokens, feats=other)[1] - ref).abs().max() > 1e-4, name
+        assert (model(tokens, feats=other).logits - ref).abs().max() > 1e-4, name
 
 
 def test_forced_music_collects_eight_aud_states_and_projects(model):
@@ -58,7 +58,7 @@ def test_forced_music_collects_eight_aud_states_and_projects(model):
     P = model.cfg.projector
     assert r.music_cond[0].shape == (P.n_queries, P.out_dim)
     # the collected states are those of a plain forward over the same sequence
-    _, _, hidden = model(torch.tensor([[1, 20, 21] + toks]), feats=feats())
+    hidden = model(torch.tensor([[1, 20, 21] + toks]), feats=feats()).hidden
     torch.testing.assert_close(r.aud_hidden[0], hidden[0, -8:], rtol=1e-4, atol=1e-4)
 
 
@@ -93,7 +93,7 @@ def test_stage1_gates_and_adapters_get_gradients():
     tokens = torch.randint(3, 500, (2, 10))
     labels = tokens.clone()
     labels[:, :4] = -100
-    loss, _, _ = m(tokens, labels, feats(2))
+    loss = m(tokens, labels, feats(2)).loss
     loss.backward()
     for layer in m.llm.layers[-3:]:
         assert layer.attention.gate.grad.abs().sum() > 0
@@ -102,6 +102,29 @@ def test_stage1_gates_and_adapters_get_gradients():
         for layer in m.llm.layers[-3:]:
             layer.attention.gate -= 0.1 * layer.attention.gate.grad.sign()
     m.zero_grad()
-    m(tokens, labels, feats(2))[0].backward()
+    m(tokens, labels, feats(2)).loss.backward()
     for name in ("audio", "image", "video"):
         assert m.adapters[name].proj.weight.grad.abs().sum() > 0
+
+
+def test_per_sample_feature_lists_equal_batched_features(model):
+    f = feats(2)
+    tokens = torch.tensor([[1, 20, 21], [1, 22, 23]])
+    batched = model(tokens, feats={"image": f["image"], "audio": f["audio"]}, present={"image": torch.tensor([True, False])})
+    listed = model(tokens, feats={"image": [f["image"][0], None], "audio": [f["audio"][0], f["audio"][1]]})
+    torch.testing.assert_close(listed.logits, batched.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bridge_loss_uses_the_hidden_states_at_the_aud_positions(model):
+    toks = [1, 20, 21] + model.aud_ids
+    tokens = torch.tensor([toks, [1, 22, 23] + [0] * 8])
+    labels = tokens.clone()
+    pos = torch.tensor([list(range(3, 11)), [-1] * 8])
+    P = model.cfg.projector
+    target = torch.randn(1, P.n_queries, P.out_dim)
+    out = model(tokens, labels, feats(2), aud_positions=pos, bridge_target=target)
+    expected = model.project_music(out.hidden[:1, 3:11], tokens[:1, 3:11])
+    torch.testing.assert_close(out.bridge_loss, torch.nn.functional.mse_loss(expected, target))
+    torch.testing.assert_close(out.loss, out.ce_loss + out.bridge_loss)
+    with pytest.raises(ValueError, match="bridge targets"):
+        model(tokens, labels, aud_positions=pos, bridge_target=torch.randn(2, P.n_queries, P.out_dim))
