@@ -2,8 +2,9 @@
 
 Writes, in seconds and with random weights, a complete checkpoint tree in the same on-disk
 formats as the real weights (Meta LLaMA folder, transformers folders for MERT/ViT/ViViT/MusicGen,
-our own trained-weights checkpoint), so the real loading code is exercised end to end without a
-model hub. Every size comes from `llama.config.preset("tiny")`. Same seed -> same bytes.
+a diffusers folder for AudioLDM2, our own trained-weights checkpoint for each music decoder), so
+the real loading code is exercised end to end without a model hub. Every size comes from
+`llama.config.preset("tiny")`. Same seed -> same bytes.
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ from llama.encoders import quiet_progress
 
 BUNDLE_FILE = "bundle.json"
 LAYOUT = {"preset": "tiny", "llama_dir": "LLaMA", "llama_type": "tiny", "mert": "MERT",
-          "vit": "ViT", "vivit": "ViViT", "musicgen": "MusicGen", "mumu": "mumu"}
+          "vit": "ViT", "vivit": "ViViT", "musicgen": "MusicGen", "mumu": "mumu",
+          "audioldm2": "AudioLDM2", "mumu_audioldm2": "mumu_audioldm2"}
 
 # Geometry the preset does not fix (it only fixes token counts and widths, checked below).
 MERT_SAMPLING_RATE = 24000
 IMAGE_SIZE = 16
 VIDEO_FRAMES, VIDEO_TUBELET = 32, (8, 8, 8)
 N_HEADS, FFN_MULT = 4, 2  # attention heads and MLP width multiple of the tiny encoders
+LDM_T5_TOKENS, LDM_T5_DIM, LDM_GPT2_DIM = 16, 32, 32   # AudioLDM2: prompt_embeds 16 x 32, GPT-2 32 wide
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -91,12 +94,16 @@ def write_tokenizer(path: Path, vocab_size: int) -> Path:
 # ---------------------------------------------------------------- LLaMA (Meta format)
 
 def llama_state_dict(cfg: MuMuConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Meta key names and shapes; normal(0, 0.02) weights, ones for norms."""
+    """Meta key names and shapes; normal weights scaled by 1/sqrt(fan-in), ones for norms.
+
+    Fan-in scaling keeps the tiny model's activations and logits O(1), as in a trained model,
+    so that a few optimiser steps visibly move it (0.02 would leave it near-uniform at dim 64).
+    """
     c = cfg.llama
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
-        return (torch.randn(*shape, generator=g) * 0.02).contiguous()
+        return (torch.randn(*shape, generator=g) / shape[-1] ** 0.5).contiguous()
 
     D, F, V = c.dim, c.ffn_dim, c.vocab_size
     sd = {"tok_embeddings.weight": rand(V, D), "norm.weight": torch.ones(D),
@@ -197,6 +204,21 @@ def write_vivit(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- AudioLDM2 (diffusers folder)
+
+def write_audioldm2(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
+    """A random-weight AudioLDM2 pipeline whose conditioning is what `cfg`'s projector emits."""
+    from llama.decoders.audioldm2 import N_GPT2_TOKENS, build_tiny_audioldm2
+
+    p = cfg.projector
+    size = LDM_T5_TOKENS * LDM_T5_DIM + N_GPT2_TOKENS * LDM_GPT2_DIM
+    if (p.n_queries, p.out_dim) != (1, size):
+        raise ValueError(f"tiny AudioLDM2 conditions on 1 x {size}, the preset's projector makes "
+                         f"{p.n_queries} x {p.out_dim}")
+    return build_tiny_audioldm2(folder, t5_dim=LDM_T5_DIM, gpt2_dim=LDM_GPT2_DIM,
+                                n_t5_tokens=LDM_T5_TOKENS, seed=seed)
+
+
 # ---------------------------------------------------------------- the bundle
 
 def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
@@ -210,6 +232,9 @@ def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
     build_tiny_musicgen(root / LAYOUT["musicgen"], cond_dim=cfg.projector.out_dim,
                         n_cond_tokens=cfg.projector.n_queries, seed=seed + 4)
     write_tiny_mumu_checkpoint(root / LAYOUT["mumu"], cfg, seed + 5)
+    ldm = preset("tiny", music_decoder="audioldm2")
+    write_audioldm2(root / LAYOUT["audioldm2"], ldm, seed + 6)
+    write_tiny_mumu_checkpoint(root / LAYOUT["mumu_audioldm2"], ldm, seed + 7)
     (root / BUNDLE_FILE).write_text(json.dumps(LAYOUT, indent=2) + "\n")  # written last
 
 
