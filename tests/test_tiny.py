@@ -15,6 +15,7 @@ def _missing_builders() -> str | None:
     """The MusicGen and mumu writers belong to other modules; name any that do not exist yet."""
     try:
         from llama.checkpoint import write_tiny_mumu_checkpoint  # noqa: F401
+        from llama.decoders.audioldm2 import build_tiny_audioldm2  # noqa: F401
         from llama.decoders.musicgen import build_tiny_musicgen  # noqa: F401
     except ImportError as e:
         return str(e)
@@ -39,7 +40,7 @@ def test_llama_folder_is_meta_format(tmp_path):
         assert sd[f"layers.{i}.feed_forward.w2.weight"].shape == (D, F)
         assert torch.equal(sd[f"layers.{i}.attention_norm.weight"], torch.ones(D))
     assert len(sd) == 3 + 9 * c.n_layers + 1
-    assert 0.015 < sd["layers.0.attention.wq.weight"].std() < 0.025
+    assert 0.9 < sd["layers.0.attention.wq.weight"].std() * D ** 0.5 < 1.1   # 1/sqrt(fan-in)
 
 
 def test_tokenizer(tmp_path):
@@ -73,6 +74,12 @@ def test_global_rng_untouched(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_audioldm2_sizes_come_from_the_preset(tmp_path):
+    with pytest.raises(ValueError, match="1 x 768.*16 x 32"):
+        tiny.write_audioldm2(tmp_path / "AudioLDM2", CFG, seed=0)   # a MusicGen-shaped projector
+    assert not (tmp_path / "AudioLDM2").exists()
+
+
 def test_bundle_refuses_foreign_folder(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("user data")
@@ -99,9 +106,16 @@ def test_full_bundle(tmp_path):
                 "MERT/config.json", "MERT/model.safetensors", "MERT/preprocessor_config.json",
                 "ViT/config.json", "ViT/model.safetensors", "ViT/preprocessor_config.json",
                 "ViViT/config.json", "ViViT/model.safetensors", "ViViT/preprocessor_config.json",
-                "MusicGen/config.json"):
+                "MusicGen/config.json", "AudioLDM2/model_index.json", "AudioLDM2/mumu_decoder.json",
+                "AudioLDM2/unet/diffusion_pytorch_model.safetensors", "AudioLDM2/vocoder/config.json",
+                "AudioLDM2/tokenizer/tokenizer.json", "AudioLDM2/tokenizer_2/tokenizer.json"):
         assert (out / rel).is_file(), rel
     assert any((out / "mumu").iterdir())
+    from llama.checkpoint import read_trained_config
+    ldm = read_trained_config(out / "mumu_audioldm2")
+    assert ldm.music_decoder == "audioldm2"
+    assert (ldm.projector.n_queries, ldm.projector.out_dim) == (1, 32 * 16 + 32 * 8)
+    assert json.loads((out / "AudioLDM2/mumu_decoder.json").read_text())["n_t5_tokens"] == 16
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no temp dirs left behind
 
     stamp = (out / "bundle.json").stat().st_mtime_ns
@@ -109,7 +123,9 @@ def test_full_bundle(tmp_path):
     assert (out / "bundle.json").stat().st_mtime_ns == stamp
 
     again = tiny.build_tiny_bundle(tmp_path / "again", seed=0)
-    for rel in ("LLaMA/tiny/consolidated.00.pth", "LLaMA/tokenizer.model", "MERT/model.safetensors"):
+    for rel in ("LLaMA/tiny/consolidated.00.pth", "LLaMA/tokenizer.model", "MERT/model.safetensors",
+                "AudioLDM2/unet/diffusion_pytorch_model.safetensors",
+                "AudioLDM2/tokenizer_2/tokenizer.json", "mumu_audioldm2/model.safetensors"):
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
 
     tiny.main([str(out), "--force", "--seed", "1"])

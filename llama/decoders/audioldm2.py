@@ -1,0 +1,487 @@
+"""AudioLDM2 as MuMu-LLaMA's music decoder, conditioned on the output projector's embeddings.
+
+AudioLDM2's UNet reads two conditioning sequences: `prompt_embeds`, the T5 encoder output
+(n_t5_tokens x T5 width; 128 x 1024 for cvssp/audioldm2), and `generated_prompt_embeds`, eight
+hidden states that its GPT-2 generates from the projected CLAP + T5 text encodings (8 x 768).
+The projector emits both as one flat vector per request, (B, 1, n_t5 * T5 width + 8 * GPT-2
+width), T5 part first; `split` cuts it back. Rendering passes all four embeddings (positive and
+negative) to diffusers' `AudioLDM2Pipeline`, so neither text encoder nor GPT-2 runs.
+
+Folder format: a diffusers `AudioLDM2Pipeline` folder (model_index.json + one subfolder per
+component) plus an optional `mumu_decoder.json` {"n_t5_tokens": N, "num_inference_steps": S};
+without it N = 128, what the published projector emits, and S = 200, diffusers' default.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DecoderError
+
+META_FILE = "mumu_decoder.json"
+DEFAULT_T5_TOKENS = 128
+DEFAULT_STEPS = 200
+N_GPT2_TOKENS = 8                # hidden states GPT-2 generates; fixed by the published model
+DEFAULT_GUIDANCE = 3.5           # diffusers' default for AudioLDM2
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
+
+# ------------------------------------------------------------------------------ tiny builder
+
+_WORDS = ("music song piano guitar drums bass violin cello flute organ choir voice jazz rock pop "
+          "blues funk metal calm upbeat slow fast happy sad melody rhythm beat synth ambient "
+          "electronic classical folk loud soft bright dark warm gentle a the with and of in an on "
+          "track playing by some bpm").split()
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte -> printable character table (what RoBERTa's byte-level BPE is built on)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    table = dict(zip(keep + extra, keep + [256 + i for i in range(len(extra))]))
+    return [chr(table[b]) for b in range(256)]
+
+
+def _tiny_roberta_tokenizer(model_max_length: int):
+    """A byte-level BPE in RoBERTa's layout (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last), with
+    merges written out by hand: every byte, plus whole-word tokens for a small music vocabulary."""
+    from transformers import RobertaTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in _byte_alphabet():
+        vocab.setdefault(ch, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        for start in ("Ġ" + word[0], word[0]):          # after a space, and at the very start
+            if start not in vocab:
+                merges.append(("Ġ", word[0]))
+                vocab[start] = len(vocab)
+            tok = start
+            for ch in word[1:]:
+                if (tok, ch) not in merges:
+                    merges.append((tok, ch))
+                tok += ch
+                vocab.setdefault(tok, len(vocab))
+    vocab["<mask>"] = len(vocab)
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _tiny_t5_tokenizer(seed: int, model_max_length: int):
+    from transformers import T5Tokenizer
+
+    from .musicgen import _train_tiny_spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _train_tiny_spm(Path(tmp) / "spiece.model", seed)
+        return T5Tokenizer.from_pretrained(tmp, extra_ids=0, model_max_length=model_max_length,
+                                           local_files_only=True)
+
+
+def build_tiny_audioldm2(folder: str | Path, t5_dim: int = 32, gpt2_dim: int = 32,
+                         n_t5_tokens: int = 16, seed: int = 0, unet_channels=(16, 32),
+                         layers_per_block: int = 1, mel_bins: int = 16,
+                         default_steps: int | None = 10) -> Path:
+    """Write a random-weight AudioLDM2 pipeline in the real on-disk format (seconds; same seed,
+    same bytes). Real geometry where it sets the output (16 kHz, 160-sample hop, 8 latent
+    channels, VAE downsampling 4), tiny widths elsewhere. `unet_channels`, `layers_per_block` and
+    `mel_bins` (real: 64) make bigger ones for benchmarks. `default_steps` goes into
+    mumu_decoder.json (None: leave it out).
+    """
+    from diffusers import AudioLDM2Pipeline, AutoencoderKL, DDIMScheduler
+    from diffusers.pipelines.audioldm2 import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
+    from transformers import (ClapConfig, ClapFeatureExtractor, ClapModel, GPT2Config,
+                              GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config,
+                              T5EncoderModel)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clap_len, clap_dim = 32, 32                          # real: 512 tokens, 512 wide
+    tokenizer = _tiny_roberta_tokenizer(clap_len)
+    tokenizer_2 = _tiny_t5_tokenizer(seed, n_t5_tokens)  # T5 truncates where the projector does
+    clap = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, projection_dim=clap_dim,
+                         max_position_embeddings=clap_len + 2, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0),
+        audio_config=dict(num_mel_bins=16, spec_size=64, window_size=4, patch_size=4,
+                          patch_stride=(4, 4), depths=(1, 1), num_attention_heads=(2, 2),
+                          patch_embeds_hidden_size=16, hidden_size=32, projection_dim=clap_dim,
+                          num_classes=4, hidden_dropout_prob=0.0),
+        projection_dim=clap_dim)
+    # unfused CLAP (as laion/clap-htsat-unfused): one mel channel, "rand_trunc"; 2 s fill the
+    # 64 x 4 = 256 frames its spectrogram image holds
+    feature_extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160,
+                                             max_length_s=2, fft_window_size=512, frequency_max=8000,
+                                             truncation="rand_trunc")
+    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=t5_dim, d_kv=16, d_ff=2 * t5_dim,
+                  num_layers=1, num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0,
+                  pad_token_id=0, eos_token_id=1, is_encoder_decoder=False)
+    gpt2 = GPT2Config(vocab_size=64, n_positions=clap_len + n_t5_tokens + 4 + N_GPT2_TOKENS + 8,
+                      n_embd=gpt2_dim, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                      attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    gpt2.max_new_tokens = N_GPT2_TOKENS                  # as in the real language_model/config.json
+    vocoder = SpeechT5HifiGanConfig(
+        model_in_dim=mel_bins, sampling_rate=16000, upsample_initial_channel=32,
+        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False,
+        initializer_range=0.2)   # real: 0.01, which in a 32-wide random net gives ~1e-10 output
+    n_blocks = len(unet_channels)
+    cross = [[None, gpt2_dim, t5_dim]] * n_blocks       # self-attn, GPT-2 states, T5 states
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = AudioLDM2Pipeline(
+            vae=AutoencoderKL(in_channels=1, out_channels=1, latent_channels=8,
+                              down_block_types=["DownEncoderBlock2D"] * 3,
+                              up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 16],
+                              layers_per_block=1, norm_num_groups=4, sample_size=64,
+                              scaling_factor=0.4342),
+            text_encoder=ClapModel(clap).eval(),
+            text_encoder_2=T5EncoderModel(t5).eval(),
+            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=clap_dim,
+                                                      text_encoder_1_dim=t5_dim,
+                                                      langauge_model_dim=gpt2_dim),
+            language_model=GPT2LMHeadModel(gpt2).eval(),
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, feature_extractor=feature_extractor,
+            unet=AudioLDM2UNet2DConditionModel(
+                sample_size=64, in_channels=8, out_channels=8,
+                down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n_blocks - 1),
+                up_block_types=["CrossAttnUpBlock2D"] * (n_blocks - 1) + ["UpBlock2D"],
+                block_out_channels=list(unet_channels), layers_per_block=layers_per_block,
+                attention_head_dim=2, norm_num_groups=8, cross_attention_dim=cross),
+            scheduler=DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                                    beta_schedule="scaled_linear", clip_sample=False,
+                                    set_alpha_to_one=False, steps_offset=1),
+            vocoder=SpeechT5HifiGan(vocoder).eval(),
+        )
+    pipe.save_pretrained(folder)
+    meta = {"n_t5_tokens": n_t5_tokens}
+    if default_steps is not None:
+        meta["num_inference_steps"] = default_steps
+    (folder / META_FILE).write_text(json.dumps(meta) + "\n")
+    return folder
+
+
+# ------------------------------------------------------------------------------ the decoder
+
+def _read_index(folder: Path) -> dict:
+    """model_index.json, checked: every component it names must have its subfolder."""
+    if not folder.is_dir():
+        raise DecoderError(f"AudioLDM2 folder {folder} does not exist")
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise DecoderError(f"AudioLDM2 folder {folder} has no model_index.json (not a diffusers folder)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DecoderError(f"{index_path}: invalid JSON ({e})") from e
+    components = {k: v for k, v in index.items()
+                  if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
+    for name, (_, cls) in components.items():
+        if not (folder / name).is_dir():
+            raise DecoderError(f"AudioLDM2 folder {folder} is missing its {name}/ component ({cls})")
+    return components
+
+
+class AudioLDM2Decoder:
+    """A loaded AudioLDM2 that renders 16 kHz audio from T5 + GPT-2 conditioning embeddings."""
+
+    def __init__(self, pipe, n_t5_tokens: int = DEFAULT_T5_TOKENS,
+                 default_steps: int = DEFAULT_STEPS):
+        self.pipe = pipe
+        self.pipe.set_progress_bar_config(disable=True)
+        self.n_t5_tokens = int(n_t5_tokens)
+        self.n_gpt2_tokens = N_GPT2_TOKENS
+        self.default_steps = int(default_steps)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "AudioLDM2Decoder":
+        from diffusers import AudioLDM2Pipeline
+
+        folder = Path(folder)
+        components = _read_index(folder)
+        overrides = {}
+        try:
+            if components.get("language_model", [None, None])[1] == "GPT2Model":
+                # cvssp/audioldm2 ships a bare GPT2Model; diffusers' own text path calls
+                # generation helpers only GPT2LMHeadModel has. Same weights, head tied to wte.
+                from transformers import GPT2LMHeadModel
+                overrides["language_model"] = GPT2LMHeadModel.from_pretrained(
+                    folder / "language_model", local_files_only=True, dtype=dtype)
+            pipe = AudioLDM2Pipeline.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                     **overrides).to(device)
+            meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+        except _LOAD_ERRORS as e:
+            raise DecoderError(f"cannot load AudioLDM2 from {folder}: {e}".splitlines()[0]) from e
+        dec = cls(pipe, int(meta.get("n_t5_tokens", DEFAULT_T5_TOKENS)),
+                  int(meta.get("num_inference_steps", DEFAULT_STEPS)))
+        dec._check_widths(folder)
+        return dec
+
+    def _check_widths(self, folder) -> None:
+        """The UNet must cross-attend to exactly the widths we feed it. Its blocks list one width
+        per attention layer: None = self-attention, positions 0-1 read GPT-2's states, 2+ T5's."""
+        blocks = self.pipe.unet.config.cross_attention_dim
+        for dims in blocks if isinstance(blocks, (list, tuple)) else [blocks]:
+            dims = dims if isinstance(dims, (list, tuple)) else [dims]
+            for j, d in enumerate(dims):
+                want, name = (self.gpt2_dim, "GPT-2") if j <= 1 else (self.t5_dim, "T5")
+                if d is not None and d != want:
+                    raise DecoderError(f"AudioLDM2 folder {folder}: UNet cross-attention width {d} does "
+                                       f"not match the {name} width {want}")
+
+    # ------------------------------------------------------------------------------ sizes
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.pipe.vocoder.config.sampling_rate)
+
+    @property
+    def t5_dim(self) -> int:
+        """Width of `prompt_embeds` (the T5 hidden size; 1024 for the real one)."""
+        return int(self.pipe.text_encoder_2.config.d_model)
+
+    @property
+    def gpt2_dim(self) -> int:
+        """Width of `generated_prompt_embeds` (GPT-2's hidden size; 768 for the real one)."""
+        return int(self.pipe.language_model.config.n_embd)
+
+    @property
+    def cond_tokens(self) -> int:
+        """Projector queries: one flat vector per request."""
+        return 1
+
+    @property
+    def cond_dim(self) -> int:
+        """Flat conditioning width: n_t5 x T5 width + 8 x GPT-2 width (137216 for the real one)."""
+        return self.n_t5_tokens * self.t5_dim + self.n_gpt2_tokens * self.gpt2_dim
+
+    @property
+    def prompt_shape(self) -> tuple[int, int]:
+        return (self.n_t5_tokens, self.t5_dim)
+
+    @property
+    def generated_shape(self) -> tuple[int, int]:
+        return (self.n_gpt2_tokens, self.gpt2_dim)
+
+    # diffusers' ModelMixin.device/.dtype walk every submodule (3 ms for the tiny UNet); the
+    # first parameter says the same
+    @property
+    def device(self) -> torch.device:
+        return next(self.pipe.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.pipe.unet.parameters()).dtype
+
+    # ------------------------------------------------------------------------ flat <-> split
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, cond_dim) -> prompt_embeds (B, n_t5, T5 width), generated (B, 8, GPT-2 width)."""
+        want = (1, self.cond_dim)
+        if not isinstance(flat, torch.Tensor) or flat.dim() != 3 or tuple(flat.shape[1:]) != want:
+            shape = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+            raise DecoderError(f"projected conditioning has shape {shape}, AudioLDM2 expects "
+                               f"(B, 1, {self.cond_dim}) = {self.n_t5_tokens} x {self.t5_dim} T5 + "
+                               f"{self.n_gpt2_tokens} x {self.gpt2_dim} GPT-2")
+        B = flat.shape[0]
+        n = self.n_t5_tokens * self.t5_dim
+        return (flat[:, 0, :n].reshape(B, *self.prompt_shape),
+                flat[:, 0, n:].reshape(B, *self.generated_shape))
+
+    def join(self, prompt_embeds: torch.Tensor, generated_prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """The inverse of `split`: (B, 1, cond_dim), T5 part first."""
+        B = prompt_embeds.shape[0]
+        return torch.cat([prompt_embeds.reshape(B, 1, -1), generated_prompt_embeds.reshape(B, 1, -1)], -1)
+
+    def check_projector(self, cfg) -> None:
+        """The LLM's output projector must produce exactly this decoder's conditioning shape."""
+        if (cfg.n_queries, cfg.out_dim) != (1, self.cond_dim):
+            raise DecoderError(
+                f"output projector makes ({cfg.n_queries} x {cfg.out_dim}) but this AudioLDM2 expects "
+                f"(1 x {self.cond_dim}) = {self.n_t5_tokens} x {self.t5_dim} T5 + {self.n_gpt2_tokens} x "
+                f"{self.gpt2_dim} GPT-2: checkpoint and --music-decoder disagree")
+
+    # ----------------------------------------------------------------------------------- text
+    def _check_captions(self, captions, what="captions") -> list[str]:
+        if isinstance(captions, str) or not captions or not all(isinstance(c, str) for c in captions):
+            raise DecoderError(f"{what} must be a non-empty list of strings")
+        if self.pipe.tokenizer is None or self.pipe.tokenizer_2 is None:
+            raise DecoderError("this AudioLDM2 folder has no tokenizers, so it cannot read captions")
+        return list(captions)
+
+    @torch.no_grad()
+    def condition_text(self, captions: list[str], return_mask: bool = False):
+        """AudioLDM2's own conditioning of `captions` as the projector emits it: (B, 1, cond_dim).
+
+        The bridge-loss target. `prompt_embeds` is the pipeline's T5 output, zero-padded (or cut) to
+        n_t5_tokens; `generated_prompt_embeds` GPT-2's 8 states, both from `encode_prompt`. The
+        pipeline pads T5 to the longest caption of its batch and GPT-2 counts those pads as
+        positions, so a caption's states would depend on its batch-mates: captions are encoded in
+        groups of equal T5 length (no padding), which gives each exactly what it gets alone.
+        The mask (B, n_t5_tokens) marks real T5 tokens; `render(..., attention_mask=mask)` then
+        reproduces `render_text` of that caption.
+        """
+        captions = self._check_captions(captions)
+        tok = self.pipe.tokenizer_2
+        ids = tok(captions, truncation=True, max_length=tok.model_max_length)["input_ids"]
+        lengths = [len(x) for x in ids]
+        B = len(captions)
+        prompt = torch.zeros(B, *self.prompt_shape, device=self.device, dtype=self.dtype)
+        generated = torch.zeros(B, *self.generated_shape, device=self.device, dtype=self.dtype)
+        mask = torch.zeros(B, self.n_t5_tokens, dtype=torch.long, device=self.device)
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            p, m, g = self.pipe.encode_prompt(
+                [captions[i] for i in rows], self.device, num_waveforms_per_prompt=1,
+                do_classifier_free_guidance=False, max_new_tokens=self.n_gpt2_tokens)
+            L = min(p.shape[1], self.n_t5_tokens)
+            idx = torch.tensor(rows, device=self.device)
+            prompt[idx, :L] = (p[:, :L] * m[:, :L, None].to(p.dtype)).to(self.dtype)
+            mask[idx, :L] = m[:, :L].to(torch.long)
+            generated[idx] = g.to(self.dtype)
+        flat = self.join(prompt, generated)                                 # (B, 1, cond_dim)
+        return (flat, mask) if return_mask else flat
+
+    def render_text(self, captions: list[str], duration: float, steps: int | None = None,
+                    guidance_scale: float = DEFAULT_GUIDANCE, seed: int | None = None,
+                    num_waveforms: int = 1, all_waveforms: bool = False,
+                    negative_prompt: str | list[str] | None = None) -> np.ndarray:
+        """The pipeline's own text path (`prompt=`); the reference for `render`. With several
+        waveforms per prompt the pipeline ranks them by CLAP score, best first."""
+        settings = self._settings(duration, steps, guidance_scale, num_waveforms)
+        captions = self._check_captions(captions)
+        if negative_prompt is not None:
+            negative_prompt = self._negatives(negative_prompt, len(captions))
+        return self._call(dict(prompt=captions, negative_prompt=negative_prompt), len(captions),
+                          *settings, seed, all_waveforms)
+
+    # ------------------------------------------------------------------------------ embeddings
+    def render_projected(self, projected: torch.Tensor, duration: float, **kwargs) -> np.ndarray:
+        """Render from the projector output (B, 1, cond_dim), already divided by the bridge scale."""
+        prompt, generated = self.split(projected)
+        return self.render(prompt, generated, duration, **kwargs)
+
+    def render(self, prompt_embeds: torch.Tensor, generated_prompt_embeds: torch.Tensor,
+               duration: float, steps: int | None = None, guidance_scale: float = DEFAULT_GUIDANCE,
+               seed: int | None = None, num_waveforms: int = 1, all_waveforms: bool = False,
+               negative_prompt: str | list[str] | None = None,
+               attention_mask: torch.Tensor | None = None) -> np.ndarray:
+        """Audio (B, round(duration * 16000)) float32, or (B, num_waveforms, n) with all_waveforms.
+
+        prompt_embeds (B, n_t5, T5 width), generated_prompt_embeds (B, 8, GPT-2 width);
+        attention_mask (B, n_t5), 1 = attend, default all ones. Classifier-free guidance
+        (guidance_scale > 1) contrasts with zero embeddings, or with the pipeline's own encoding
+        of `negative_prompt` if given (which runs the text encoders and GPT-2; ignored without
+        guidance, as in diffusers).
+        """
+        settings = self._settings(duration, steps, guidance_scale, num_waveforms)
+        B = self._check_embeds(prompt_embeds, generated_prompt_embeds)
+        dev, dt = self.device, self.dtype
+        prompt = prompt_embeds.to(dev, dt)                                  # (B, n_t5, C5)
+        generated = generated_prompt_embeds.to(dev, dt)                     # (B, 8, C2)
+        if attention_mask is None:
+            mask = torch.ones(B, self.n_t5_tokens, dtype=torch.long, device=dev)
+        elif tuple(attention_mask.shape) != (B, self.n_t5_tokens):
+            raise DecoderError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                               f"{(B, self.n_t5_tokens)} to match prompt_embeds {tuple(prompt_embeds.shape)}")
+        else:
+            mask = attention_mask.to(dev, torch.long)
+            # drop the T5 positions no row attends to: the UNet result is the same, and a negative
+            # prompt is then padded to the length the pipeline's text path would pad it to
+            keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+            prompt, mask = prompt[:, :keep], mask[:, :keep]
+        kwargs = dict(prompt_embeds=prompt, generated_prompt_embeds=generated, attention_mask=mask)
+        if settings[2] > 1:
+            if negative_prompt is None:
+                kwargs.update(negative_prompt_embeds=torch.zeros_like(prompt),
+                              negative_generated_prompt_embeds=torch.zeros_like(generated),
+                              negative_attention_mask=torch.ones_like(mask))
+            else:
+                kwargs.update(self._encode_negative(self._negatives(negative_prompt, B), kwargs))
+        return self._call(kwargs, B, *settings, seed, all_waveforms)
+
+    def _check_embeds(self, prompt, generated) -> int:
+        for name, x, want in (("prompt_embeds", prompt, self.prompt_shape),
+                              ("generated_prompt_embeds", generated, self.generated_shape)):
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != want:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise DecoderError(f"{name} has shape {shape}, AudioLDM2 expects (B, {want[0]}, {want[1]})")
+        if prompt.shape[0] != generated.shape[0]:
+            raise DecoderError(f"prompt_embeds has batch {prompt.shape[0]} but generated_prompt_embeds "
+                               f"has {generated.shape[0]}")
+        return prompt.shape[0]
+
+    def _negatives(self, negative_prompt, batch: int) -> list[str]:
+        negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else negative_prompt
+        negatives = self._check_captions(negatives, "negative_prompt")
+        if len(negatives) != batch:
+            raise DecoderError(f"negative_prompt has {len(negatives)} entries for a batch of {batch}")
+        return negatives
+
+    @torch.no_grad()
+    def _encode_negative(self, negatives: list[str], positive: dict) -> dict:
+        """The pipeline's own negative encoding (T5 padded to the positive's length, as its text
+        path does). encode_prompt only reads `prompt` for its batch size and type once the positive
+        embeddings are given, so a list of placeholders stands in for the captions."""
+        p, m, g = self.pipe.encode_prompt(
+            [""] * len(negatives), self.device, num_waveforms_per_prompt=1,
+            do_classifier_free_guidance=True, negative_prompt=negatives,
+            max_new_tokens=self.n_gpt2_tokens, **positive)
+        B = len(negatives)                       # returned as [negative; positive] along the batch
+        return dict(negative_prompt_embeds=p[:B], negative_attention_mask=m[:B],
+                    negative_generated_prompt_embeds=g[:B])
+
+    # ------------------------------------------------------------------------------ sampling
+    def _n_samples(self, duration: float) -> int:
+        try:
+            seconds = float(duration)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise DecoderError(f"duration must be a positive number of seconds, got {duration!r}")
+        return max(1, round(seconds * self.sampling_rate))
+
+    def _length_in_s(self, n_samples: int) -> float:
+        """audio_length_in_s that makes the pipeline produce >= n_samples (it floors the frame
+        count and rounds it up to the VAE's downsampling; aim at a frame middle to dodge float
+        rounding), never below its minimum of one latent frame."""
+        hop = math.prod(self.pipe.vocoder.config.upsample_rates)
+        scale = self.pipe.vae_scale_factor
+        frames = scale * max(1, math.ceil(math.ceil(n_samples / hop) / scale))
+        return (frames + 0.5) * hop / self.sampling_rate
+
+    def _settings(self, duration, steps, guidance_scale, num_waveforms) -> tuple[int, int, float, int]:
+        """Checked (n_samples, steps, guidance_scale, num_waveforms); steps None = the folder's default."""
+        n_samples = self._n_samples(duration)
+        steps = self.default_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise DecoderError(f"steps must be a positive integer, got {steps!r}")
+        if isinstance(num_waveforms, bool) or not isinstance(num_waveforms, int) or num_waveforms < 1:
+            raise DecoderError(f"num_waveforms must be a positive integer, got {num_waveforms!r}")
+        try:
+            guidance = float(guidance_scale)
+        except (TypeError, ValueError):
+            guidance = float("nan")
+        if not math.isfinite(guidance):
+            raise DecoderError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        return n_samples, steps, guidance, num_waveforms
+
+    @torch.no_grad()
+    def _call(self, kwargs: dict, batch: int, n_samples: int, steps: int, guidance_scale: float,
+              num_waveforms: int, seed: int | None, all_waveforms: bool) -> np.ndarray:
+        # a CPU generator gives the same noise on every device; no seed = the global RNG
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        out = self.pipe(**kwargs, audio_length_in_s=self._length_in_s(n_samples),
+                        num_inference_steps=steps, guidance_scale=guidance_scale,
+                        num_waveforms_per_prompt=num_waveforms, generator=generator,
+                        max_new_tokens=self.n_gpt2_tokens, output_type="np")
+        audio = np.asarray(out.audios, dtype=np.float32)                    # (B * W, T)
+        audio = audio.reshape(batch, num_waveforms, -1)                     # grouped per prompt
+        wave = np.zeros((batch, num_waveforms, n_samples), dtype=np.float32)  # trim or zero-pad
+        n = min(n_samples, audio.shape[-1])
+        wave[..., :n] = audio[..., :n]
+        return wave if all_waveforms else wave[:, 0]
