@@ -31,6 +31,8 @@ demo: tiny
 	$(PY) -m llama.examples assets/generated
 	rm -f outputs/demo/results.jsonl
 	$(PY) inference.py --input assets/generated/requests.jsonl --output-dir outputs/demo
+	$(PY) inference.py --prompt "Compose a short piece for this picture." --image assets/generated/image.png \
+		--music --music-decoder audioldm2 --duration 2 --output outputs/demo/audioldm2.wav
 	@echo "answers: outputs/demo/results.jsonl   music: outputs/demo/*.wav"
 
 test: setup
