@@ -38,8 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llama.decoders import AudioLDM2Decoder, MusicGenDecoder  # noqa: E402
-from llama.decoders.audioldm2 import build_tiny_audioldm2  # noqa: E402
-from llama.decoders.musicgen import build_tiny_musicgen  # noqa: E402
+from llama.decoders.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen  # noqa: E402
 from llama.encoders import quiet_progress  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"

@@ -208,7 +208,8 @@ def write_vivit(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
 
 def write_audioldm2(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
     """A random-weight AudioLDM2 pipeline whose conditioning is what `cfg`'s projector emits."""
-    from llama.decoders.audioldm2 import N_GPT2_TOKENS, build_tiny_audioldm2
+    from llama.decoders.audioldm2 import N_GPT2_TOKENS
+    from llama.decoders.tiny_decoders import build_tiny_audioldm2
 
     p = cfg.projector
     size = LDM_T5_TOKENS * LDM_T5_DIM + N_GPT2_TOKENS * LDM_GPT2_DIM
@@ -223,7 +224,7 @@ def write_audioldm2(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
 
 def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
     from llama.checkpoint import write_tiny_mumu_checkpoint
-    from llama.decoders.musicgen import build_tiny_musicgen
+    from llama.decoders.tiny_decoders import build_tiny_musicgen
 
     write_llama(root / LAYOUT["llama_dir"], cfg, seed)
     write_mert(root / LAYOUT["mert"], cfg, seed + 1)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from llama.config import ProjectorConfig, preset
-from llama.decoders import AudioLDM2Decoder, DecoderError, build_tiny_audioldm2, load_decoder
+from llama.decoders import AudioLDM2Decoder, DecoderError, load_decoder
+from llama.decoders.tiny_decoders import build_tiny_audioldm2
 
 # T5 and GPT-2 widths differ so that a split in the wrong order cannot go unnoticed
 T5_TOKENS, T5_DIM, GPT2_DIM, SR = 16, 32, 48, 16000

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from llama.decoders import DecoderError, MusicGenDecoder, build_tiny_musicgen
+from llama.decoders import DecoderError, MusicGenDecoder
+from llama.decoders.tiny_decoders import build_tiny_musicgen
 
 COND_DIM, COND_TOKENS, SR = 32, 16, 32000
 CAPTIONS = ["happy piano melody", "slow sad cello with some drums and a choir"]

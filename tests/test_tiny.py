@@ -15,8 +15,7 @@ def _missing_builders() -> str | None:
     """The MusicGen and mumu writers belong to other modules; name any that do not exist yet."""
     try:
         from llama.checkpoint import write_tiny_mumu_checkpoint  # noqa: F401
-        from llama.decoders.audioldm2 import build_tiny_audioldm2  # noqa: F401
-        from llama.decoders.musicgen import build_tiny_musicgen  # noqa: F401
+        from llama.decoders.tiny_decoders import build_tiny_audioldm2, build_tiny_musicgen  # noqa: F401
     except ImportError as e:
         return str(e)
     return None

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import DecoderError
+from . import DecoderError, duration_samples
 
 META_FILE = "mumu_decoder.json"
 DEFAULT_T5_TOKENS = 128
@@ -30,143 +29,6 @@ N_GPT2_TOKENS = 8                # hidden states GPT-2 generates; fixed by the p
 DEFAULT_GUIDANCE = 3.5           # diffusers' default for AudioLDM2
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
 
-# ------------------------------------------------------------------------------ tiny builder
-
-_WORDS = ("music song piano guitar drums bass violin cello flute organ choir voice jazz rock pop "
-          "blues funk metal calm upbeat slow fast happy sad melody rhythm beat synth ambient "
-          "electronic classical folk loud soft bright dark warm gentle a the with and of in an on "
-          "track playing by some bpm").split()
-
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2's byte -> printable character table (what RoBERTa's byte-level BPE is built on)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in keep]
-    table = dict(zip(keep + extra, keep + [256 + i for i in range(len(extra))]))
-    return [chr(table[b]) for b in range(256)]
-
-
-def _tiny_roberta_tokenizer(model_max_length: int):
-    """A byte-level BPE in RoBERTa's layout (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last), with
-    merges written out by hand: every byte, plus whole-word tokens for a small music vocabulary."""
-    from transformers import RobertaTokenizer
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for ch in _byte_alphabet():
-        vocab.setdefault(ch, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in _WORDS:
-        for start in ("Ġ" + word[0], word[0]):          # after a space, and at the very start
-            if start not in vocab:
-                merges.append(("Ġ", word[0]))
-                vocab[start] = len(vocab)
-            tok = start
-            for ch in word[1:]:
-                if (tok, ch) not in merges:
-                    merges.append((tok, ch))
-                tok += ch
-                vocab.setdefault(tok, len(vocab))
-    vocab["<mask>"] = len(vocab)
-    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-
-
-def _tiny_t5_tokenizer(seed: int, model_max_length: int):
-    from transformers import T5Tokenizer
-
-    from .musicgen import _train_tiny_spm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        _train_tiny_spm(Path(tmp) / "spiece.model", seed)
-        return T5Tokenizer.from_pretrained(tmp, extra_ids=0, model_max_length=model_max_length,
-                                           local_files_only=True)
-
-
-def build_tiny_audioldm2(folder: str | Path, t5_dim: int = 32, gpt2_dim: int = 32,
-                         n_t5_tokens: int = 16, seed: int = 0, unet_channels=(16, 32),
-                         layers_per_block: int = 1, mel_bins: int = 16,
-                         default_steps: int | None = 10) -> Path:
-    """Write a random-weight AudioLDM2 pipeline in the real on-disk format (seconds; same seed,
-    same bytes). Real geometry where it sets the output (16 kHz, 160-sample hop, 8 latent
-    channels, VAE downsampling 4), tiny widths elsewhere. `unet_channels`, `layers_per_block` and
-    `mel_bins` (real: 64) make bigger ones for benchmarks. `default_steps` goes into
-    mumu_decoder.json (None: leave it out).
-    """
-    from diffusers import AudioLDM2Pipeline, AutoencoderKL, DDIMScheduler
-    from diffusers.pipelines.audioldm2 import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
-    from transformers import (ClapConfig, ClapFeatureExtractor, ClapModel, GPT2Config,
-                              GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config,
-                              T5EncoderModel)
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    clap_len, clap_dim = 32, 32                          # real: 512 tokens, 512 wide
-    tokenizer = _tiny_roberta_tokenizer(clap_len)
-    tokenizer_2 = _tiny_t5_tokenizer(seed, n_t5_tokens)  # T5 truncates where the projector does
-    clap = ClapConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=64, projection_dim=clap_dim,
-                         max_position_embeddings=clap_len + 2, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0),
-        audio_config=dict(num_mel_bins=16, spec_size=64, window_size=4, patch_size=4,
-                          patch_stride=(4, 4), depths=(1, 1), num_attention_heads=(2, 2),
-                          patch_embeds_hidden_size=16, hidden_size=32, projection_dim=clap_dim,
-                          num_classes=4, hidden_dropout_prob=0.0),
-        projection_dim=clap_dim)
-    # unfused CLAP (as laion/clap-htsat-unfused): one mel channel, "rand_trunc"; 2 s fill the
-    # 64 x 4 = 256 frames its spectrogram image holds
-    feature_extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160,
-                                             max_length_s=2, fft_window_size=512, frequency_max=8000,
-                                             truncation="rand_trunc")
-    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=t5_dim, d_kv=16, d_ff=2 * t5_dim,
-                  num_layers=1, num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0,
-                  pad_token_id=0, eos_token_id=1, is_encoder_decoder=False)
-    gpt2 = GPT2Config(vocab_size=64, n_positions=clap_len + n_t5_tokens + 4 + N_GPT2_TOKENS + 8,
-                      n_embd=gpt2_dim, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                      attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    gpt2.max_new_tokens = N_GPT2_TOKENS                  # as in the real language_model/config.json
-    vocoder = SpeechT5HifiGanConfig(
-        model_in_dim=mel_bins, sampling_rate=16000, upsample_initial_channel=32,
-        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
-        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False,
-        initializer_range=0.2)   # real: 0.01, which in a 32-wide random net gives ~1e-10 output
-    n_blocks = len(unet_channels)
-    cross = [[None, gpt2_dim, t5_dim]] * n_blocks       # self-attn, GPT-2 states, T5 states
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pipe = AudioLDM2Pipeline(
-            vae=AutoencoderKL(in_channels=1, out_channels=1, latent_channels=8,
-                              down_block_types=["DownEncoderBlock2D"] * 3,
-                              up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 16],
-                              layers_per_block=1, norm_num_groups=4, sample_size=64,
-                              scaling_factor=0.4342),
-            text_encoder=ClapModel(clap).eval(),
-            text_encoder_2=T5EncoderModel(t5).eval(),
-            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=clap_dim,
-                                                      text_encoder_1_dim=t5_dim,
-                                                      langauge_model_dim=gpt2_dim),
-            language_model=GPT2LMHeadModel(gpt2).eval(),
-            tokenizer=tokenizer, tokenizer_2=tokenizer_2, feature_extractor=feature_extractor,
-            unet=AudioLDM2UNet2DConditionModel(
-                sample_size=64, in_channels=8, out_channels=8,
-                down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n_blocks - 1),
-                up_block_types=["CrossAttnUpBlock2D"] * (n_blocks - 1) + ["UpBlock2D"],
-                block_out_channels=list(unet_channels), layers_per_block=layers_per_block,
-                attention_head_dim=2, norm_num_groups=8, cross_attention_dim=cross),
-            scheduler=DDIMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
-                                    beta_schedule="scaled_linear", clip_sample=False,
-                                    set_alpha_to_one=False, steps_offset=1),
-            vocoder=SpeechT5HifiGan(vocoder).eval(),
-        )
-    pipe.save_pretrained(folder)
-    meta = {"n_t5_tokens": n_t5_tokens}
-    if default_steps is not None:
-        meta["num_inference_steps"] = default_steps
-    (folder / META_FILE).write_text(json.dumps(meta) + "\n")
-    return folder
-
-
-# ------------------------------------------------------------------------------ the decoder
 
 def _read_index(folder: Path) -> dict:
     """model_index.json, checked: every component it names must have its subfolder."""
@@ -436,15 +298,6 @@ class AudioLDM2Decoder:
                     negative_generated_prompt_embeds=g[:B])
 
     # ------------------------------------------------------------------------------ sampling
-    def _n_samples(self, duration: float) -> int:
-        try:
-            seconds = float(duration)
-        except (TypeError, ValueError):
-            seconds = float("nan")
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise DecoderError(f"duration must be a positive number of seconds, got {duration!r}")
-        return max(1, round(seconds * self.sampling_rate))
-
     def _length_in_s(self, n_samples: int) -> float:
         """audio_length_in_s that makes the pipeline produce >= n_samples (it floors the frame
         count and rounds it up to the VAE's downsampling; aim at a frame middle to dodge float
@@ -456,7 +309,7 @@ class AudioLDM2Decoder:
 
     def _settings(self, duration, steps, guidance_scale, num_waveforms) -> tuple[int, int, float, int]:
         """Checked (n_samples, steps, guidance_scale, num_waveforms); steps None = the folder's default."""
-        n_samples = self._n_samples(duration)
+        n_samples = duration_samples(duration, self.sampling_rate)
         steps = self.default_steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DecoderError(f"steps must be a positive integer, got {steps!r}")

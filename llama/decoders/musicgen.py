@@ -13,102 +13,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import DecoderError
+from . import DecoderError, duration_samples
 
 META_FILE = "mumu_decoder.json"
 DEFAULT_COND_TOKENS = 128
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
-
-_WORDS = ("music song piano guitar drums bass violin cello flute organ choir voice jazz rock pop "
-          "blues funk metal reggae calm upbeat slow fast happy sad melody rhythm beat groove synth "
-          "ambient electronic classical folk loud soft bright dark warm dreamy energetic gentle "
-          "a the with and of in an on track playing by over under some 0 1 2 3 4 5 6 7 8 9 bpm").split()
-
-
-def _train_tiny_spm(path: Path, seed: int, vocab_size: int = 96) -> None:
-    """A tiny sentencepiece unigram model in T5's id layout (<pad>=0, </s>=1, <unk>=2)."""
-    import sentencepiece as spm
-
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(_WORDS) for _ in range(8)) for _ in range(400)]
-    lines.append(" ".join("abcdefghijklmnopqrstuvwxyz,.-'"))   # cover every plain character
-    with open(path, "wb") as f:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=f, vocab_size=vocab_size,
-            model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
-            character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
-
-
-def build_tiny_musicgen(folder: str | Path, cond_dim: int, seed: int = 0,
-                        n_cond_tokens: int = 16) -> Path:
-    """Write a random-weight MusicGen in the real on-disk format (seconds, deterministic per seed).
-
-    T5 width = cond_dim (what the projector must emit); EnCodec at 32 kHz with the real hop of
-    640 samples (50 frames/s) but tiny widths; a 2-layer, 48-wide, 2-codebook decoder over 64 codes.
-    """
-    from transformers import (EncodecConfig, EncodecFeatureExtractor, GenerationConfig,
-                              MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, MusicgenProcessor, T5Config,
-                              T5Tokenizer)
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        _train_tiny_spm(Path(tmp) / "spiece.model", seed)
-        tokenizer = T5Tokenizer.from_pretrained(tmp, extra_ids=0, model_max_length=512,
-                                                local_files_only=True)
-    n_codebooks, codebook_size, ratios, sr = 2, 64, [8, 5, 4, 4], 32000
-    frame_rate = math.ceil(sr / math.prod(ratios))
-    text = T5Config(vocab_size=len(tokenizer), d_model=cond_dim, d_kv=16, d_ff=2 * cond_dim,
-                    num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-                    dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    audio = EncodecConfig(
-        sampling_rate=sr, audio_channels=1, hidden_size=16, num_filters=4, upsampling_ratios=ratios,
-        num_residual_layers=1, num_lstm_layers=1, codebook_size=codebook_size, codebook_dim=16,
-        # num_quantizers = 1000 * bandwidth // (frame_rate * bits per code) = n_codebooks
-        target_bandwidths=[n_codebooks * frame_rate * math.log2(codebook_size) / 1000],
-        normalize=False, use_causal_conv=False, use_conv_shortcut=False,
-        chunk_length_s=None, overlap=None)
-    # decoder width != cond_dim so that enc_to_dec_proj exists, as in the real one (768 -> 1024);
-    # initializer_factor 0.2 (real: 0.02) so that random weights give peaked, condition-dependent
-    # logits rather than near-uniform ones
-    width = 48 if cond_dim != 48 else 32
-    decoder = MusicgenDecoderConfig(
-        vocab_size=codebook_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
-        ffn_dim=64, num_codebooks=n_codebooks, max_position_embeddings=2048, dropout=0.0,
-        initializer_factor=0.2, pad_token_id=codebook_size, bos_token_id=codebook_size)
-    config = MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder,
-                            decoder_start_token_id=codebook_size, pad_token_id=codebook_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(config).eval()
-        # EnCodec initialises its codebooks to zeros (real ones are learned): every code would
-        # decode to the same sound, so give each code its own random vector
-        for layer in model.audio_encoder.quantizer.layers:
-            book = layer.codebook
-            book.embed.copy_(torch.randn_like(book.embed))
-            book.embed_avg.copy_(book.embed)
-            book.cluster_size.fill_(1.0)
-    model.generation_config = GenerationConfig(
-        do_sample=True, guidance_scale=3.0, max_length=1500, bos_token_id=codebook_size,
-        decoder_start_token_id=codebook_size, pad_token_id=codebook_size)
-    model.save_pretrained(folder)
-    processor = MusicgenProcessor(
-        feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=sr, padding_value=0.0),
-        tokenizer=tokenizer)
-    processor.save_pretrained(folder)
-    (folder / META_FILE).write_text(json.dumps({"n_cond_tokens": n_cond_tokens}) + "\n")
-    return folder
-
 
 class MusicGenDecoder:
     """A loaded MusicGen that renders audio from (B, cond_tokens, cond_dim) conditioning."""
@@ -244,19 +160,10 @@ class MusicGenDecoder:
         return self._generate(kwargs, B, duration, guidance_scale, temperature, top_k,
                               do_sample, seed)
 
-    def _n_samples(self, duration: float) -> int:
-        try:
-            seconds = float(duration)
-        except (TypeError, ValueError):
-            seconds = float("nan")
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise DecoderError(f"duration must be a positive number of seconds, got {duration!r}")
-        return max(1, round(seconds * self.sampling_rate))
-
     @torch.no_grad()
     def _generate(self, kwargs: dict, batch: int, duration: float, guidance_scale: float,
                   temperature: float, top_k: int, do_sample: bool, seed: int | None) -> np.ndarray:
-        n_samples = self._n_samples(duration)
+        n_samples = duration_samples(duration, self.sampling_rate)
         hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
         frames = math.ceil(n_samples / hop)
         # the delay pattern costs K - 1 steps (K codebooks per channel): codebook k starts k late
