@@ -23,10 +23,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Computed in fp32 as Meta does, then cast back.
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return out.type_as(x) * self.weight
+        # Normalised in fp32 as Meta does, cast back, then scaled. F.rms_norm computes exactly
+        # x * rsqrt(mean(x^2) + eps) (bit-identical, one call); in fp32 it also takes the weight.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
 class LoRALinear(nn.Module):
@@ -72,6 +73,58 @@ class LoRALinear(nn.Module):
             self.weight -= (self.lora_b.weight @ self.lora_a.weight).to(self.weight.dtype)
             self.merged = False
 
+    @property
+    def lora_pending(self) -> bool:
+        """True when forward must still add the LoRA term (not folded into the weight)."""
+        return self.lora_a is not None and not self.merged
+
+
+# ---------------------------------------------------------------- inference weight layout
+# A batch-1 decode step is one matrix-vector product per weight, bound by memory bandwidth.
+# On CPU, MKL streams long contiguous runs at close to that bandwidth, but row-major matrices
+# with short rows (in = 512 in a 512-wide model) at about half of it, and each product has a
+# fixed cost. So for inference (`Transformer.merge_lora`) the weights that share an input
+# (wq|wk|wv, w1|w3) are stored as one column-major block, each weight a view of its rows, and
+# read with one product; the LM head is stored column-major too. Shapes, values, names and
+# state_dict keys do not change. A copy that does not keep the views (`.to(dtype)`,
+# `unmerge_lora`) undoes the packing and forward falls back to one product per weight.
+# Measured in benchmarks/README.md.
+
+@torch.no_grad()
+def pack_(weights: list[torch.Tensor]) -> None:
+    """Store (out_i, in) CPU weights as rows of one column-major (sum out_i, in) block, in place."""
+    if weights[0].device.type != "cpu":
+        return
+    block = torch.cat([w.data for w in weights]).t().contiguous().t()  # strides (1, sum out_i)
+    start = 0
+    for w in weights:
+        n = w.shape[0]
+        w.data = block[start:start + n]
+        start += n
+
+
+def packed_block(linears) -> torch.Tensor | None:
+    """The (sum out_i, in) block that `pack_` made of these weights, or None if it no longer
+    holds (a copy undid it) or a LoRA term is still pending."""
+    first = linears[0].weight
+    total, offset = first.stride(1), 0
+    for lin in linears:
+        w = lin.weight
+        if (lin.lora_pending or w.stride() != (1, total)
+                or w.data_ptr() != first.data_ptr() + offset * w.element_size()):
+            return None
+        offset += w.shape[0]
+    return first.as_strided((total, first.shape[1]), (1, total)) if offset == total else None
+
+
+def packed_linear(x: torch.Tensor, linears) -> list[torch.Tensor] | None:
+    """[lin(x) for lin in linears] with one matrix product over their packed block, or None."""
+    block = packed_block(linears)
+    if block is None:
+        return None
+    outs = F.linear(x, block).split([lin.weight.shape[0] for lin in linears], dim=-1)
+    return [y if lin.bias is None else y + lin.bias for y, lin in zip(outs, linears)]
+
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of Meta's rotary angles, each (max_len, head_dim // 2)."""
@@ -80,13 +133,16 @@ def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (Meta's layout, not HF's half split). x: (B, S, H, hd); cos: (S, hd/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))            # (B, S, H, hd/2, 2)
-    even, odd = xf[..., 0], xf[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos/sin (S, hd/2) -> the complex rotations cos + i sin, shaped (1, S, 1, hd/2) for `apply_rope`."""
+    return torch.complex(cos.float(), sin.float())[None, :, None, :]
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (Meta's layout, not HF's half split) as Meta does, by a complex
+    product: (even + i odd) * (cos + i sin). x: (B, S, H, hd); rot: (1, S, 1, hd/2) complex."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))      # (B, S, H, hd/2)
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
 @dataclass
@@ -131,18 +187,20 @@ class Attention(nn.Module):
         out = self.wo(gated)
         return out - self.wo.bias if self.wo.bias is not None else out
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, adapter_res=None):
+    def forward(self, x, rot, mask, cache: KVCache | None, layer: int, adapter_res=None):
         B, S, D = x.shape
-        q = apply_rope(self.wq(x).view(B, S, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(B, S, self.n_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(B, S, self.n_heads, self.head_dim)
+        qkv = packed_linear(x, (self.wq, self.wk, self.wv))             # 3 x (B, S, D)
+        q, k, v = qkv if qkv is not None else (self.wq(x), self.wk(x), self.wv(x))
+        q = apply_rope(q.view(B, S, self.n_heads, self.head_dim), rot)
+        k = apply_rope(k.view(B, S, self.n_heads, self.head_dim), rot)
+        v = v.view(B, S, self.n_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # (B, H, S, hd)
-        if cache is not None:
+        if cache is not None:                       # write this step, attend to all so far
             start = cache.length
-            cache.keys[layer][:, :, start:start + S] = k
-            cache.values[layer][:, :, start:start + S] = v
-            k = cache.keys[layer][:, :, : start + S]
-            v = cache.values[layer][:, :, : start + S]
+            cache.keys[layer].narrow(2, start, S).copy_(k)
+            cache.values[layer].narrow(2, start, S).copy_(v)
+            k = cache.keys[layer].narrow(2, 0, start + S)                  # (B, H, T, hd)
+            v = cache.values[layer].narrow(2, 0, start + S)
         if mask is None and S > 1:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -162,7 +220,9 @@ class FeedForward(nn.Module):
         self.w3 = LoRALinear(D, H, bias=True, rank=r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        h13 = packed_linear(x, (self.w1, self.w3))                        # 2 x (B, S, ffn)
+        h1, h3 = h13 if h13 is not None else (self.w1(x), self.w3(x))
+        return self.w2(F.silu(h1) * h3)
 
 
 class TransformerBlock(nn.Module):
@@ -173,8 +233,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache, layer, adapter_res=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer, adapter_res)
+    def forward(self, x, rot, mask, cache, layer, adapter_res=None):
+        h = x + self.attention(self.attention_norm(x), rot, mask, cache, layer, adapter_res)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -224,11 +284,13 @@ class Transformer(nn.Module):
         if start + S > self.rope_cos.shape[0]:
             raise ValueError(f"sequence of {start + S} tokens exceeds the context of {self.cfg.max_seq_len}")
         h = self.tok_embeddings(tokens)                                  # (B, S, D)
-        cos, sin = self.rope_cos[start:start + S], self.rope_sin[start:start + S]
-        mask = self._mask(B, S, start, key_mask, h.device) if (key_mask is not None or start > 0) else None
+        rot = rope_rotation(self.rope_cos[start:start + S], self.rope_sin[start:start + S])
+        # No mask when plain causal (nothing cached before) or when one new token sees it all.
+        needs_mask = key_mask is not None or (start > 0 and S > 1)
+        mask = self._mask(B, S, start, key_mask, h.device) if needs_mask else None
         adapter_res = adapter_res or [None] * self.cfg.n_layers
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, mask, cache, i, adapter_res[i])
+            h = layer(h, rot, mask, cache, i, adapter_res[i])
         if cache is not None:
             cache.length = start + S
         h = self.norm(h)
@@ -248,15 +310,24 @@ class Transformer(nn.Module):
         return allowed | (~allowed.any(-1, keepdim=True) & (torch.arange(T, device=device) == q_pos))
 
     def merge_lora(self) -> None:
-        """Fold LoRA into the base weights for inference; training must call `unmerge_lora` first."""
+        """Prepare for inference: fold LoRA into the base weights, then pack them for decoding
+        (see `pack_`). Training must call `unmerge_lora` first."""
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.merge()
+        for layer in self.layers:
+            a, f = layer.attention, layer.feed_forward
+            pack_([a.wq.weight, a.wk.weight, a.wv.weight])
+            pack_([f.w1.weight, f.w3.weight])
+        pack_([self.output.weight])
 
     def unmerge_lora(self) -> None:
+        """Undo `merge_lora`: LoRA back out of the weights, each weight contiguous again."""
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.unmerge()
+                m.weight.data = m.weight.data.contiguous()
+        self.output.weight.data = self.output.weight.data.contiguous()
 
 
 def param_count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -270,5 +341,5 @@ def init_new_token_rows(weight: torch.Tensor, n_base: int) -> None:
             weight[n_base:] = weight[:n_base].mean(0, keepdim=True)
 
 
-__all__ = ["RMSNorm", "LoRALinear", "KVCache", "Transformer", "apply_rope", "rope_tables",
-           "param_count", "init_new_token_rows"]
+__all__ = ["RMSNorm", "LoRALinear", "KVCache", "Transformer", "apply_rope", "rope_rotation", "rope_tables",
+           "pack_", "param_count", "init_new_token_rows"]

@@ -96,3 +96,31 @@ def test_context_overflow_is_a_clear_error():
     model = Transformer(cfg)
     with pytest.raises(ValueError, match="context"):
         model(torch.zeros(1, 40, dtype=torch.long))
+
+
+def test_packed_inference_layout_keeps_values_and_undoes_cleanly():
+    cfg = small_cfg()
+    model = randomised(cfg)
+    tokens = torch.randint(0, cfg.full_vocab_size, (1, 9))
+    prefixes = torch.randn(1, cfg.n_adapter_layers, cfg.dim)
+    ref, _ = model(tokens, model.adapter_residuals(prefixes))
+    originals = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.merge_lora()
+    wq = model.layers[0].attention.wq.weight
+    assert not wq.is_contiguous()                      # packed column-major block on CPU
+    res = model.adapter_residuals(prefixes)
+    got, _ = model(tokens, res)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    cache = KVCache.allocate(cfg, 1, 12, "cpu", torch.float32)
+    steps = [model(tokens[:, :4], res, cache)[0]] + [model(tokens[:, i:i + 1], res, cache)[0] for i in range(4, 9)]
+    torch.testing.assert_close(torch.cat(steps, 1), got, rtol=1e-5, atol=1e-5)
+    # a dtype change copies the weights out of the block: the plain path takes over
+    half = randomised(cfg)
+    half.merge_lora()
+    half = half.to(torch.bfloat16)
+    out16, _ = half(tokens, half.adapter_residuals(prefixes.bfloat16()))
+    torch.testing.assert_close(out16.float(), ref, rtol=0.1, atol=0.1)
+    model.unmerge_lora()
+    assert all(p.is_contiguous() for p in model.parameters())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, originals[k], rtol=1e-5, atol=1e-6)
