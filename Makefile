@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test tiny bench clean
+.PHONY: setup demo test tiny bench clean app
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: tiny
 	$(PY) inference.py --prompt "Compose a short piece for this picture." --image assets/generated/image.png \
 		--music --music-decoder audioldm2 --duration 2 --output outputs/demo/audioldm2.wav
 	@echo "answers: outputs/demo/results.jsonl   music: outputs/demo/*.wav"
+
+# The browser chat demo on the tiny bundle; binds 127.0.0.1 (python gradio_app.py --help for more).
+app: tiny
+	$(PY) gradio_app.py
 
 test: setup
 	$(PY) -m pytest -q
