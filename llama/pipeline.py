@@ -7,6 +7,7 @@ use, so a text-only request never pays for MERT or MusicGen.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -151,7 +152,6 @@ class MuMuPipeline:
                duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
                template: bool = True) -> Answer:
-        import time
         if not prompt or not prompt.strip():
             raise ValueError("empty prompt")
         if music and duration <= 0:
