@@ -18,14 +18,6 @@ STEPS = 4                                                         # the folder's
 CAPTIONS = ["happy piano melody", "slow sad cello with some drums and a choir"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def folder(tmp_path_factory):
     return build_tiny_audioldm2(tmp_path_factory.mktemp("audioldm2"), t5_dim=T5_DIM, gpt2_dim=GPT2_DIM,

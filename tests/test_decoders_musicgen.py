@@ -12,15 +12,6 @@ COND_DIM, COND_TOKENS, SR = 32, 16, 32000
 CAPTIONS = ["happy piano melody", "slow sad cello with some drums and a choir"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops: 2 OpenMP threads on a shared 2-core box spin-wait and run 10-50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def folder(tmp_path_factory):
     return build_tiny_musicgen(tmp_path_factory.mktemp("musicgen"), cond_dim=COND_DIM, seed=0,
