@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import LLaMAConfig, MuMuConfig
+from .errors import UserError
 from .llama import init_new_token_rows
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """One-line, user-facing problem with a weights file or folder."""
 
 

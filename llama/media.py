@@ -31,6 +31,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
+from .errors import UserError
 
 AUDIO_EXTENSIONS = frozenset(
     ".wav .flac .mp3 .ogg .oga .opus .m4a .aac .aif .aiff .au .caf .w64 .wma".split()
@@ -51,7 +52,7 @@ _IMAGE_ERRORS = (
 _BLOCK = 1 << 20  # audio frames read at a time, so only the mono mix is ever held in memory
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """A user-supplied media file that cannot be used; `str()` is `"<path>: <reason>"`."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_trained
+from .errors import UserError
 from .data.collate import collate, encode_sample
 from .data.formats import Sample
 from .media import MediaError
 from .train_state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run cannot go on (e.g. a non-finite loss); the message names the step and samples."""
 
 

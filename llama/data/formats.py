@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import UserError
+
 N_AUD = 8
 AUD_TOKENS = [f"[AUD{i}]" for i in range(N_AUD)]
 AUD_RUN = "".join(AUD_TOKENS)  # "[AUD0][AUD1]...[AUD7]", each a single id for the Tokenizer
@@ -78,7 +80,7 @@ NO_TARGET_CAPTION = "no caption for target music"
 _HUMAN, _GPT = ("human", "user"), ("gpt", "assistant")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file or config that cannot be used; the message is one line naming the file."""
 
     def __init__(self, message: str):

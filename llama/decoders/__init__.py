@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+from ..errors import UserError
 
-class DecoderError(ValueError):
+
+class DecoderError(UserError, ValueError):
     """A decoder folder or a render request is unusable; the message says which and why."""
 
 
