@@ -25,8 +25,29 @@ class CheckpointError(UserError, ValueError):
 
 
 def torch_load(path: Path) -> dict:
+    """`torch.load(weights_only=True)` with one-line errors naming the file.
+
+    A pickle that carries code is refused without torch's advice to retry with
+    weights_only=False (that advice is how such a file gets to run). Legacy (non-zip) saves
+    cannot be memory-mapped, so only zip files are; anything else is refused before unpickling.
+    """
+    import pickle
+    import zipfile
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        is_zip = zipfile.is_zipfile(path)
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read as a weights file ({e.strerror or e})") from None
+    if not is_zip and head != b"\x80\x02":           # neither a zip save nor a legacy pickle save
+        raise CheckpointError(f"{path}: cannot be read as a weights file (not a torch save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise CheckpointError(f"{path}: not a plain weights file (it contains pickled code, refused)") from None
+        raise CheckpointError(f"{path}: cannot be read as a weights file (corrupt pickle)") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be read as a weights file ({first})") from e
