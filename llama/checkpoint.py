@@ -180,13 +180,37 @@ class LoadReport:
                 f"{len(self.missing)} missing")
 
 
-def load_published_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
-    """Load a released M2UGen / MuMu-LLaMA checkpoint.pth into our module names."""
+def published_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A released checkpoint.pth as a flat state dict in published names (memory-mapped).
+
+    Accepts `{'model': sd}` or a bare state dict, with or without the `module.` prefix that
+    DDP-wrapped saves carry; anything else is refused naming the first keys.
+    """
     path = Path(path)
     raw = torch_load(path)
     sd = raw.get("model", raw) if isinstance(raw, dict) else None
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict (or {{'model': state dict}})")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        top = list(raw)[:3] if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path}: expected a state dict of tensors (or {{'model': state dict}}), "
+                              f"found {top}")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+# Ours that a published checkpoint may leave to the base LLaMA folder: the frozen base linears
+# (identical copies of the base), and the legacy video RNN that never ran.
+_MAY_BE_ABSENT = re.compile(r"^llm\.layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight$|legacy_")
+
+
+def load_published_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a released M2UGen / MuMu-LLaMA checkpoint.pth into our module names.
+
+    strict: refuse unknown keys, shape mismatches and any tensor the model needs that the file
+    does not set (e.g. an M2UGen file into a MuMu-LLaMA model: its RNN would stay random).
+    """
+    path = Path(path)
+    sd = published_state_dict(path)
     params = dict(model.state_dict())
     report, mapped = LoadReport(), {}
     for key, tensor in sd.items():
@@ -202,11 +226,15 @@ def load_published_checkpoint(model: torch.nn.Module, path: str | Path, strict: 
             mapped[ours] = tensor
     report.loaded = len(mapped)
     covered = set(mapped)
-    report.missing = [k for k, p in model.named_parameters() if k not in covered and "legacy_" not in k]
-    if strict and (report.unknown or report.mismatched):
-        detail = (report.mismatched or report.unknown)[:3]
-        raise CheckpointError(f"{path}: does not match this model ({report.summary()}; e.g. {detail}). "
-                              "Check --variant (mumu/m2ugen) and --music-decoder.")
+    report.missing = [k for k, p in model.named_parameters()
+                      if k not in covered and not _MAY_BE_ABSENT.search(k)]
+    if strict and (report.unknown or report.mismatched or report.missing):
+        detail = (report.mismatched or report.unknown or report.missing)[:3]
+        from .checkpoint_config import published_variant
+        found = published_variant({k: () for k in sd})
+        raise CheckpointError(f"{path}: does not match this model ({report.summary()}; e.g. {detail}); "
+                              f"the file is a {'MuMu-LLaMA' if found == 'mumu' else 'M2UGen'} checkpoint "
+                              f"(variant {found}). Check variant (mumu/m2ugen) and --music-decoder.")
     model.load_state_dict(mapped, strict=False)
     return report
 

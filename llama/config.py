@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 
 @dataclass
 class LLaMAConfig:
@@ -138,7 +140,7 @@ def preset(name: str, variant: str = "mumu", music_decoder: str = "musicgen") ->
     variant `mumu` pools audio with the RNN; `m2ugen` with mean-then-conv.
     """
     if variant not in ("mumu", "m2ugen"):
-        raise ValueError(f"unknown variant {variant!r} (mumu or m2ugen)")
+        raise UserError(f"unknown variant {variant!r} (mumu or m2ugen)")
     if name == "7b":
         llama = LLaMAConfig()
         mert_layers, mert_dim, vit_tokens, vit_dim, vivit_tokens, vivit_dim = 25, 1024, 197, 768, 3137, 768
@@ -153,7 +155,7 @@ def preset(name: str, variant: str = "mumu", music_decoder: str = "musicgen") ->
         t5_dim, t5_tokens, ldm_gpt2_dim, ldm_gpt2_tokens = 32, 16, 32, 8
         ldm_t5_dim = 32
     else:
-        raise ValueError(f"unknown preset {name!r} (tiny or 7b)")
+        raise UserError(f"unknown preset {name!r} (tiny or 7b)")
     D = llama.dim
     if variant == "mumu":
         audio = AdapterConfig("conv_rnn", mert_layers, mert_dim, D, rnn_size=mert_dim)
@@ -168,7 +170,7 @@ def preset(name: str, variant: str = "mumu", music_decoder: str = "musicgen") ->
     elif music_decoder == "audioldm2":
         n_queries, out_dim = 1, ldm_t5_dim * t5_tokens + ldm_gpt2_dim * ldm_gpt2_tokens
     else:
-        raise ValueError(f"unknown music decoder {music_decoder!r} (musicgen or audioldm2)")
+        raise UserError(f"unknown music decoder {music_decoder!r} (musicgen or audioldm2)")
     projector = ProjectorConfig(
         in_dim=D, d_model=32 if proj_small else 512, n_heads=4,
         n_encoder_layers=1 if proj_small else 4, n_decoder_layers=1 if proj_small else 4,

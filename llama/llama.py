@@ -271,7 +271,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, adapter_res: list | None = None,
                 cache: KVCache | None = None, key_mask: torch.Tensor | None = None,
                 logits_for: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, S) -> (logits (B, S|1, V), hidden (B, S, D) after the final norm).
+        """tokens (B, S) -> (logits (B, S|1, V), hidden (B, S, D) BEFORE the final norm).
+
+        The pre-norm last-layer states are what the published output projector reads.
 
         key_mask (B, T_total) marks real (non-padding) positions of the whole sequence so far,
         T_total = cache.length + S with a cache, S without. With neither mask nor cache the
@@ -293,8 +295,7 @@ class Transformer(nn.Module):
             h = layer(h, rot, mask, cache, i, adapter_res[i])
         if cache is not None:
             cache.length = start + S
-        h = self.norm(h)
-        logits = self.output(h[:, -1:] if logits_for == "last" else h)
+        logits = self.output(self.norm(h[:, -1:] if logits_for == "last" else h))
         return logits, h
 
     @staticmethod

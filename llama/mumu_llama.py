@@ -22,16 +22,17 @@ MODALITIES = ("audio", "image", "video")   # order of the prefix-layer groups, f
 @dataclass
 class ModelOutput:
     logits: torch.Tensor
-    hidden: torch.Tensor                          # (B, S, D) after the final norm
+    hidden: torch.Tensor                          # (B, S, D) last layer, BEFORE the final norm
     loss: torch.Tensor | None = None              # ce_loss + bridge_loss (those present)
     ce_loss: torch.Tensor | None = None
     bridge_loss: torch.Tensor | None = None
+    music_cond: torch.Tensor | None = None        # (G, n_queries, out_dim) projector output
 
 
 @dataclass
 class GenerationResult:
     tokens: list[list[int]]                       # generated ids per sample (no prompt)
-    aud_hidden: list[torch.Tensor | None]         # (n_aud, D) hidden states at [AUD0..7], or None
+    aud_hidden: list[torch.Tensor | None]         # (n_aud, D) pre-norm states predicting [AUD0..7]
     music_cond: list[torch.Tensor | None] = field(default_factory=list)  # projector outputs
 
 
@@ -101,6 +102,8 @@ class MuMuLLaMA(nn.Module):
         aud_positions: (B, n_aud) indices of [AUD0..7] in tokens, -1 rows for text-only samples.
         bridge_target: (G, n_queries, out_dim) for the G samples with music, in batch order: the
         scaled decoder conditioning of their caption. Loss = cross-entropy + MSE bridge loss.
+        As published, the projector reads the pre-norm state at the position that *predicts*
+        each [AUD_k] (one before it), plus the embedding of [AUD_k] itself.
         """
         prefixes = self.prefix_inputs(tokens.shape[0], feats or {}, present)
         logits, hidden = self.llm(tokens, self.llm.adapter_residuals(prefixes), key_mask=key_mask)
@@ -116,14 +119,18 @@ class MuMuLLaMA(nn.Module):
                                  f"{bridge_target.shape[0]} bridge targets")
             if rows.numel():
                 pos = aud_positions[rows]                                         # (G, n_aud)
-                aud_hidden = hidden[rows[:, None], pos]                           # (G, n_aud, D)
+                if bool((pos < 1).any()):
+                    raise ValueError("an [AUD] token at position 0 has no state that predicts it")
+                aud_hidden = hidden[rows[:, None], pos - 1]                       # (G, n_aud, D)
                 projected = self.project_music(aud_hidden, tokens[rows[:, None], pos])
+                out.music_cond = projected
                 out.bridge_loss = F.mse_loss(projected.float(), bridge_target.float())
                 out.loss = out.bridge_loss if out.loss is None else out.loss + out.bridge_loss
         return out
 
     def project_music(self, aud_hidden: torch.Tensor, aud_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, n_aud, D) hidden states at the [AUD] positions -> (B, n_queries, out_dim)."""
+        """(B, n_aud, D) pre-norm states predicting [AUD0..7], (B, n_aud) their ids
+        -> (B, n_queries, out_dim)."""
         return self.output_projector(aud_hidden, self.llm.tok_embeddings(aud_tokens))
 
     # ---------------------------------------------------------------- generation
@@ -134,8 +141,9 @@ class MuMuLLaMA(nn.Module):
                  generator: torch.Generator | None = None) -> GenerationResult:
         """Decode up to `max_new_tokens` per prompt (left-padded batch).
 
-        When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] are fed
-        in turn and the hidden states at the eight [AUD] positions are kept for the projector.
+        When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow
+        in turn. The projector reads, for each [AUD_k], the pre-norm state of the last position of
+        the step that chose it (as published), so [AUD7] itself is never fed.
         use_cache=False recomputes the whole sequence per token (reference for tests/benchmarks).
         """
         L = self.cfg.llama
@@ -172,28 +180,25 @@ class MuMuLLaMA(nn.Module):
                 if done[b]:
                     continue
                 g = generated[b]
-                after_aud = bool(g) and g[-1] in aud_set
-                if after_aud:                                 # hidden state at an [AUD] input
+                if g and g[-1] in aud_set:                    # inside a run: force [AUD1..7]
+                    t = g[-1] + 1
+                else:
+                    t = int(sampled[b])
+                    if t in aud_set:                          # any [AUDk] starts the run at [AUD0]
+                        t = aud0
+                    elif t == eos_id or len(g) >= max_new_tokens:
+                        if not force_music:
+                            done[b] = True
+                            continue
+                        t = aud0
+                if t in aud_set:                              # the state that predicts [AUD_k]
                     aud_hidden[b].append(hidden[b, -1].float().clone())
-                    if len(aud_hidden[b]) == n_aud:
-                        done[b] = True
-                        continue
-                    nxt[b] = g[-1] + 1                        # force [AUD1..7] in turn
-                    continue
-                t = int(sampled[b])
-                if t in aud_set:                              # any [AUDk] starts the run at [AUD0]
-                    t = aud0
-                elif t == eos_id or len(g) >= max_new_tokens:
-                    if not force_music:
-                        done[b] = True
-                        continue
-                    t = aud0
+                g.append(t)
                 nxt[b] = t
+                if len(aud_hidden[b]) == n_aud:
+                    done[b] = True
             if all(done):
                 break
-            for b in range(B):
-                if not done[b]:
-                    generated[b].append(int(nxt[b]))
             seq[:, end] = nxt.to(device)
             end += 1
             inp = seq[:, end - 1:end]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from .checkpoint import (CheckpointError, load_llama_base, load_meta_llama, load_published_checkpoint,
-                         load_trained, read_trained_config)
+                         load_trained, published_state_dict, read_trained_config)
+from .checkpoint_config import FlavourError, check_music_decoder, config_from_published, published_variant
 from .config import MuMuConfig, preset
 from .media import load_audio, load_image, load_video
 from .mumu_llama import MuMuLLaMA
@@ -37,7 +39,7 @@ class BundlePaths:
     mumu_audioldm2: Path | None = None   # the same, trained for the AudioLDM2 decoder
     checkpoint: Path | None = None       # a published M2UGen / MuMu-LLaMA checkpoint.pth
     preset: str = "7b"
-    variant: str = "mumu"
+    variant: str | None = None           # mumu / m2ugen; None: what the checkpoint is (else mumu)
     music_decoder: str = "musicgen"
 
     @classmethod
@@ -178,20 +180,36 @@ class MuMuPipeline:
         return out
 
 
+# LLaMAConfig fields that are ours (tuning, added tokens), not the base model's shape.
+_TUNING_FIELDS = {"vocab_size", "n_aud_tokens", "adapter_layers_per_modality", "lora_rank", "max_seq_len"}
+
+
 def build_config(paths: BundlePaths, llama_cfg, vocab_size: int) -> MuMuConfig:
-    """Sizes: the trained weights' config.json if any, else the preset; LLaMA from params.json."""
+    """Sizes from what is on disk: the LLaMA folder for the LLM; a published checkpoint's own
+    tensor shapes for adapters, RNNs, projector, queries and LoRA rank; else our trained
+    weights' config.json; else the preset."""
     if paths.trained is not None:
         cfg = read_trained_config(paths.trained)
+        if paths.music_decoder != cfg.music_decoder:
+            raise CheckpointError(f"{paths.trained}: trained for the {cfg.music_decoder} decoder, "
+                                  f"but {paths.music_decoder} was asked for")
     else:
-        cfg = preset(paths.preset, paths.variant, paths.music_decoder)
+        cfg = preset(paths.preset, paths.variant or "mumu", paths.music_decoder)
     L = cfg.llama
-    for name in ("dim", "n_layers", "n_heads", "multiple_of", "ffn_dim_multiplier", "norm_eps"):
-        setattr(L, name, getattr(llama_cfg, name))
+    for f in dataclasses.fields(llama_cfg):
+        if f.name not in _TUNING_FIELDS:
+            setattr(L, f.name, getattr(llama_cfg, f.name))
     L.vocab_size = vocab_size
-    if paths.music_decoder != cfg.music_decoder and paths.trained is not None:
-        raise CheckpointError(f"{paths.trained}: trained for the {cfg.music_decoder} decoder, "
-                              f"but {paths.music_decoder} was asked for")
     for adapter in (cfg.audio_adapter, cfg.image_adapter, cfg.video_adapter):
         adapter.out_dim = L.dim
     cfg.projector.in_dim = L.dim
+    if paths.checkpoint is not None and paths.trained is None:
+        where = str(paths.checkpoint)
+        shapes = {k: tuple(v.shape) for k, v in published_state_dict(paths.checkpoint).items()}
+        found = published_variant(shapes)
+        if paths.variant is not None and paths.variant != found:
+            raise FlavourError(f"{where}: a {'MuMu-LLaMA' if found == 'mumu' else 'M2UGen'} checkpoint "
+                               f"(variant {found}), but variant {paths.variant} was asked for")
+        check_music_decoder(shapes, paths.music_decoder, where)
+        cfg = config_from_published(shapes, cfg, where)
     return cfg

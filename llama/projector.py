@@ -6,8 +6,6 @@ queries -> Linear(d_model, out_dim). 128 queries x 768 for MusicGen's T5 space; 
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 
@@ -19,12 +17,12 @@ class OutputProjector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.fc = nn.Linear(cfg.in_dim, cfg.d_model)
-        with warnings.catch_warnings():   # "nested tensor disabled by norm_first": expected
-            warnings.filterwarnings("ignore", message="enable_nested_tensor")
-            self.tfm = nn.Transformer(
-                d_model=cfg.d_model, nhead=cfg.n_heads, num_encoder_layers=cfg.n_encoder_layers,
-                num_decoder_layers=cfg.n_decoder_layers, dim_feedforward=cfg.ff_dim, dropout=0.0,
-                batch_first=True, norm_first=True)
+        # Post-norm (`norm_first=False`), as published: the released weights were trained with
+        # it, and a pre-norm stack with the same parameter names would load them into other math.
+        self.tfm = nn.Transformer(
+            d_model=cfg.d_model, nhead=cfg.n_heads, num_encoder_layers=cfg.n_encoder_layers,
+            num_decoder_layers=cfg.n_decoder_layers, dim_feedforward=cfg.ff_dim, dropout=0.0,
+            batch_first=True, norm_first=False)
         self.out = nn.Linear(cfg.d_model, cfg.out_dim)
         self.queries = nn.Parameter(torch.randn(1, cfg.n_queries, cfg.d_model))
 

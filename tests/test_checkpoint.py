@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,11 +10,14 @@ from llama.config import LLaMAConfig, preset
 from llama.llama import Transformer
 from llama.mumu_llama import MuMuLLaMA
 
+# The published checkpoints' keys and shapes at the 7B shape (copied from the reference manifests).
+KEYS = Path(__file__).parent / "fixtures" / "keys"
+
 
 @pytest.mark.parametrize("decoder", ["musicgen", "audioldm2"])
 @pytest.mark.parametrize("variant", ["mumu", "m2ugen"])
-def test_every_published_key_maps_to_a_parameter_of_that_shape(shared_dir, decoder, variant):
-    manifest = shared_dir / "reference" / f"keys_{decoder}_{variant}.tsv"
+def test_every_published_key_maps_to_a_parameter_of_that_shape(decoder, variant):
+    manifest = KEYS / f"keys_{decoder}_{variant}.tsv"
     with torch.device("meta"):
         model = MuMuLLaMA(preset("7b", variant=variant, music_decoder=decoder))
     params = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -100,9 +104,9 @@ def _published_state(model: MuMuLLaMA, ours_to_published: dict) -> dict:
     return {ours_to_published[k]: v.clone() for k, v in model.state_dict().items() if k in ours_to_published}
 
 
-def test_published_checkpoint_round_trip_and_mismatch(tmp_path, shared_dir):
+def test_published_checkpoint_round_trip_and_mismatch(tmp_path):
     """A file in the published names loads into the same numbers; a wrong flavour is refused."""
-    manifest = shared_dir / "reference" / "keys_musicgen_mumu.tsv"
+    manifest = KEYS / "keys_musicgen_mumu.tsv"
     keys = [l.split("\t")[0] for l in manifest.read_text().splitlines() if not l.startswith("#")]
     back = {published_to_ours(k): k for k in keys}
     torch.manual_seed(0)
@@ -161,3 +165,55 @@ def test_aud_rows_train_alone_and_round_trip(tmp_path):
         fresh.llm.tok_embeddings.weight.copy_(before)
     load_trained(fresh, tmp_path / "ck")
     torch.testing.assert_close(fresh.llm.tok_embeddings.weight, m.llm.tok_embeddings.weight)
+
+
+def _published_tiny(tmp_path, variant: str, name="checkpoint.pth", wrap=lambda sd: {"model": sd}):
+    """A tiny model saved under the published key names (all keys of that flavour's manifest)."""
+    keys = [l.split("\t")[0] for l in (KEYS / f"keys_musicgen_{variant}.tsv").read_text().splitlines()
+            if not l.startswith("#")]
+    torch.manual_seed(1)
+    src = MuMuLLaMA(preset("tiny", variant=variant))
+    published = _published_state(src, {published_to_ours(k): k for k in keys})
+    torch.save(wrap(published), tmp_path / name)
+    return src, tmp_path / name
+
+
+def test_m2ugen_checkpoint_into_a_mumu_model_is_refused_naming_the_flavour(tmp_path):
+    _, path = _published_tiny(tmp_path, "m2ugen")
+    with pytest.raises(CheckpointError) as e:
+        load_published_checkpoint(MuMuLLaMA(preset("tiny", variant="mumu")), path)
+    msg = str(e.value)
+    assert "6 missing" in msg and "adapters.audio.rnn" in msg and "M2UGen" in msg and "\n" not in msg
+
+
+def test_ddp_module_prefix_is_accepted(tmp_path):
+    src, path = _published_tiny(tmp_path, "mumu", wrap=lambda sd: {"model": {"module." + k: v for k, v in sd.items()}})
+    dst = MuMuLLaMA(preset("tiny"))
+    report = load_published_checkpoint(dst, path)
+    assert not (report.unknown or report.missing or report.mismatched)
+    torch.testing.assert_close(dst.adapters["audio"].rnn.weight_ih_l0, src.adapters["audio"].rnn.weight_ih_l0)
+
+
+@pytest.mark.parametrize("content", [{"optimizer": {}, "epoch": 3}, {"model": {"a": 1}}, [1, 2]])
+def test_anything_else_is_refused_naming_the_first_keys(tmp_path, content):
+    torch.save(content, tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="expected a state dict") as e:
+        load_published_checkpoint(MuMuLLaMA(preset("tiny")), tmp_path / "checkpoint.pth")
+    assert "checkpoint.pth" in str(e.value)
+
+
+def test_config_comes_from_the_checkpoint_and_an_explicit_other_flavour_is_refused(tmp_path):
+    from llama.checkpoint_config import FlavourError
+    from llama.pipeline import BundlePaths, build_config
+    _, path = _published_tiny(tmp_path, "m2ugen")
+    tiny = preset("tiny").llama
+    paths = BundlePaths(llama_dir=tmp_path, checkpoint=path)           # the 7b preset, any variant
+    cfg = build_config(paths, tiny, tiny.vocab_size)
+    assert cfg.audio_adapter.pooling == "mean_conv" and cfg.audio_adapter.in_dim == 32
+    assert cfg.projector.d_model == 32 and cfg.projector.n_encoder_layers == 1 and cfg.llama.lora_rank == 4
+    load_published_checkpoint(MuMuLLaMA(cfg), path)                      # loads with no hand-written config
+    with pytest.raises(FlavourError, match="M2UGen checkpoint"):
+        build_config(BundlePaths(llama_dir=tmp_path, checkpoint=path, variant="mumu"), tiny, tiny.vocab_size)
+    with pytest.raises(FlavourError, match="trained for musicgen"):
+        build_config(BundlePaths(llama_dir=tmp_path, checkpoint=path, music_decoder="audioldm2"), tiny,
+                     tiny.vocab_size)

@@ -57,9 +57,10 @@ def test_forced_music_collects_eight_aud_states_and_projects(model):
     assert r.aud_hidden[0].shape == (8, model.cfg.llama.dim)
     P = model.cfg.projector
     assert r.music_cond[0].shape == (P.n_queries, P.out_dim)
-    # the collected states are those of a plain forward over the same sequence
+    # the collected states are those of a plain forward at the positions that predict [AUD0..7]
     hidden = model(torch.tensor([[1, 20, 21] + toks]), feats=feats()).hidden
-    torch.testing.assert_close(r.aud_hidden[0], hidden[0, -8:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(r.aud_hidden[0], hidden[0, -9:-1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(r.aud_hidden[0], hidden[0, -8:], atol=1e-2)
 
 
 def test_a_sampled_aud_token_starts_a_full_run(model):
@@ -115,7 +116,7 @@ def test_per_sample_feature_lists_equal_batched_features(model):
     torch.testing.assert_close(listed.logits, batched.logits, rtol=1e-5, atol=1e-5)
 
 
-def test_bridge_loss_uses_the_hidden_states_at_the_aud_positions(model):
+def test_bridge_loss_uses_the_states_that_predict_the_aud_tokens(model):
     toks = [1, 20, 21] + model.aud_ids
     tokens = torch.tensor([toks, [1, 22, 23] + [0] * 8])
     labels = tokens.clone()
@@ -123,7 +124,7 @@ def test_bridge_loss_uses_the_hidden_states_at_the_aud_positions(model):
     P = model.cfg.projector
     target = torch.randn(1, P.n_queries, P.out_dim)
     out = model(tokens, labels, feats(2), aud_positions=pos, bridge_target=target)
-    expected = model.project_music(out.hidden[:1, 3:11], tokens[:1, 3:11])
+    expected = model.project_music(out.hidden[:1, 2:10], tokens[:1, 3:11])   # one before each [AUD_k]
     torch.testing.assert_close(out.bridge_loss, torch.nn.functional.mse_loss(expected, target))
     torch.testing.assert_close(out.loss, out.ce_loss + out.bridge_loss)
     with pytest.raises(ValueError, match="bridge targets"):
