@@ -1,4 +1,4 @@
-"""Which parameters each training stage tunes (DESIGN.md, "Training stages").
+"""Which parameters each training stage tunes (docs/design.md, "Training stages").
 
 1: captioning  -> adapters, prefix queries, gates, LoRA, biases, norms, [AUD] rows
 2: generation  -> stage 1 + output projector
