@@ -30,7 +30,7 @@ single-turn and does not see the earlier messages."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = inference.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="checkpoint bundle folder with bundle.json (default: the tiny bundle, built if missing)")
     p.add_argument("--music-decoder", choices=["musicgen", "audioldm2"])
@@ -63,11 +63,23 @@ def _user_text(message: str, audio, image, video) -> str:
     return message + (f"\n\n*[{', '.join(attached)}]*" if attached else "")
 
 
-def _num(value, name: str) -> float:
+def _num(value, name: str, integer: bool = False):
+    """A widget's value as a number for the request schema (which checks the range)."""
+    from llama.request_schema import RequestError
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+    return int(number) if integer and number.is_integer() else number
+
+
+def _hide_upload_dirs(message: str, uploads: list) -> str:
+    """Uploads arrive as <server temp dir>/<original name>: show the person only the name."""
+    for path in sorted((str(p) for p in uploads if p), key=len, reverse=True):
+        name = Path(path).name
+        for form in {path, str(Path(path).resolve()), os.path.abspath(path)}:
+            message = message.replace(form, name)
+    return message
 
 
 def _warn(msg: str) -> None:
@@ -83,37 +95,45 @@ def respond(pipe, message, history, audio=None, image=None, video=None, music=Fa
     """One chat turn = one `pipe.answer` call. Returns (history, audio_out).
 
     history is a list of {"role", "content"} messages (the Chatbot's "messages" format); audio_out
-    is (sample_rate, int16 array) or None. Bad input (unreadable media, a decoder or checkpoint
-    problem, a bad number) is shown as a one-line warning and an error message in the chat; it never
-    raises, so the app keeps working.
+    is (sample_rate, int16 array) or None. A user mistake (unreadable media, a bad number, a
+    decoder or checkpoint problem) is shown as a one-line warning and an error message in the
+    chat, naming uploads by their own file name; any other exception is a bug and propagates.
     """
-    from llama.checkpoint import CheckpointError
-    from llama.decoders import DecoderError
-    from llama.media import MediaError
+    from llama.errors import UserError, one_line
+    from llama.request_schema import CHECKS, Request, check_against, media_path, text
 
     history = list(history or [])
     message = (message or "").strip()
     if not message:
         _warn("Type a message first.")
         return history, None
-    history.append({"role": "user", "content": _user_text(message, audio, image, video)})
+    history.append({"role": "user", "content": inference.display_text(_user_text(message, audio, image, video))})
     try:
-        ans = pipe.answer(message, audio=audio or None, image=image or None, video=video or None,
-                          music=bool(music), duration=_num(duration, "duration"),
-                          max_new_tokens=int(_num(max_new_tokens, "max new tokens")),
-                          temperature=_num(temperature, "temperature"), top_p=_num(top_p, "top-p"),
-                          seed=int(_num(seed or 0, "seed")), guidance_scale=guidance_scale)
-    except (MediaError, DecoderError, CheckpointError, FileNotFoundError, ValueError) as e:
-        err = (str(e).splitlines() or [type(e).__name__])[0]
+        if not isinstance(music, bool):
+            raise UserError(f"make music must be true or false, got {music!r}")
+        req = Request(id="chat", prompt=text("message", message), music=music,
+                      **{k: media_path(k, v or None, None) for k, v in (("audio", audio), ("image", image),
+                                                                     ("video", video))},
+                      duration=CHECKS["duration"](_num(duration, "duration")),
+                      max_new_tokens=CHECKS["max_new_tokens"](_num(max_new_tokens, "max new tokens", True)),
+                      temperature=CHECKS["temperature"](_num(temperature, "temperature")),
+                      top_p=CHECKS["top_p"](_num(top_p, "top-p")),
+                      seed=CHECKS["seed"](_num(0 if seed is None else seed, "seed", True)),
+                      guidance_scale=CHECKS["guidance_scale"](
+                          None if guidance_scale is None else _num(guidance_scale, "guidance scale")))
+        check_against(pipe, req)
+        ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
+    except UserError as e:
+        err = one_line(_hide_upload_dirs(str(e), [audio, image, video])) or type(e).__name__
         _warn(err)
         history.append({"role": "assistant", "content": f"Error: {err}"})
         return history, None
-    text = ans.text or "(no text)"
+    text_out = inference.display_text(ans.text) or "(no text)"
     audio_out = None
     if ans.audio is not None:
         audio_out = (int(ans.sample_rate), _to_int16(ans.audio))
-        text += f"\n\n*[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz]*"
-    history.append({"role": "assistant", "content": text})
+        text_out += f"\n\n*[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz]*"
+    history.append({"role": "assistant", "content": text_out})
     return history, audio_out
 
 
@@ -163,16 +183,20 @@ def main(argv=None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from llama.checkpoint import CheckpointError
+    from llama.errors import UserError, one_line
     try:
         pipe = load_pipeline(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the app is reachable from the network", file=sys.stderr)
     demo = build_demo(pipe)
-    demo.queue().launch(server_name=args.host, server_port=args.port, share=False)
+    try:
+        demo.queue().launch(server_name=args.host, server_port=args.port, share=False)
+    except OSError as e:                  # the address is taken or cannot be bound: the user's choice
+        print(f"error: cannot serve on {args.host}:{args.port} ({one_line(e.strerror or str(e))})", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,17 +11,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 DEFAULT_CKPT = Path(__file__).resolve().parent / "ckpts" / "tiny"
 MEDIA_KEYS = ("audio", "image", "video")
 
 
+class Parser(argparse.ArgumentParser):
+    """Option mistakes print one line `error: ...` (exit 2), like every other user mistake."""
+
+    def error(self, message):
+        from llama.errors import one_line
+        self.exit(2, f"error: {one_line(message)} (see --help)\n")
+
+
+def _option(name: str):
+    """argparse type for a checked number option: same ranges as a batch request's field."""
+    def convert(text: str):
+        from llama.request_schema import CHECKS, RequestError
+        try:
+            value = int(text) if name in ("seed", "max_new_tokens") else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            return CHECKS[name](value)
+        except RequestError as e:
+            raise argparse.ArgumentTypeError(str(e).replace(name, "value", 1)) from None
+    convert.__name__ = name
+    return convert
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("weights")
     src.add_argument("--ckpt-dir", type=Path, default=None,
                      help="checkpoint bundle folder with bundle.json (default: the tiny bundle, built if missing)")
@@ -42,18 +64,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     req.add_argument("--audio", type=Path)
     req.add_argument("--image", type=Path)
     req.add_argument("--video", type=Path)
-    req.add_argument("--output", type=Path, default=Path("output.wav"), help="WAV path for generated music")
+    req.add_argument("--output", type=Path, default=None,
+                     help="WAV path for generated music (default output.wav; only .wav is written)")
     batch = p.add_argument_group("batch")
     batch.add_argument("--input", type=Path, help="requests JSONL")
     batch.add_argument("--output-dir", type=Path, help="where results.jsonl and WAVs go")
-    gen = p.add_argument_group("generation")
+    gen = p.add_argument_group("generation (also the defaults of batch requests)")
     gen.add_argument("--music", action="store_true", help="always produce music (append [AUD0..7])")
-    gen.add_argument("--duration", type=float, default=5.0, help="seconds of music")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=0.9)
-    gen.add_argument("--guidance-scale", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--duration", type=_option("duration"), default=5.0, help="seconds of music")
+    gen.add_argument("--max-new-tokens", type=_option("max_new_tokens"), default=128)
+    gen.add_argument("--temperature", type=_option("temperature"), default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=_option("top_p"), default=0.9)
+    gen.add_argument("--guidance-scale", type=_option("guidance_scale"), default=None)
+    gen.add_argument("--seed", type=_option("seed"), default=0)
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = p.parse_args(argv)
@@ -61,10 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either --prompt (one request) or --input (batch)")
     if args.input is not None and args.output_dir is None:
         p.error("--input needs --output-dir")
-    if args.duration <= 0:
-        p.error(f"--duration must be positive, got {args.duration}")
-    if args.max_new_tokens < 0:
-        p.error("--max-new-tokens must be >= 0")
+    if args.input is not None and args.output is not None:
+        p.error("--output is for one request; a batch writes into --output-dir")
+    if args.output is not None and args.output.suffix.lower() != ".wav":
+        p.error(f"--output {args.output}: only .wav files are written (not {args.output.suffix or 'no extension'}; "
+                "convert the WAV afterwards, e.g. with ffmpeg, for mp3)")
     return args
 
 
@@ -87,124 +111,171 @@ def load_pipeline(args):
         setattr(paths, "mumu_audioldm2" if paths.music_decoder == "audioldm2" else "mumu", args.mumu)
     if args.music_decoder_path is not None:
         setattr(paths, paths.music_decoder, args.music_decoder_path)
+    _check_device(args.device)
+    _check_tokenizer(paths.llama_dir / "tokenizer.model")
     return MuMuPipeline.load(paths, device=args.device, dtype=getattr(torch, args.dtype),
                              trust_remote_code=args.trust_remote_code)
 
 
-def write_wav(path: Path, audio, sample_rate: int) -> None:
-    """Written to a temp file and renamed, so a killed run never leaves a truncated WAV."""
-    import soundfile as sf
+def _check_device(name: str) -> None:
+    """A device torch knows and this machine has, before anything is loaded onto it."""
+    import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".wav")
-    os.close(fd)
+    from llama.errors import UserError
     try:
-        sf.write(tmp, audio, sample_rate, subtype="PCM_16")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here")
 
 
-def gen_kwargs(args, req: dict | None = None) -> dict:
-    req = req or {}
-    return dict(music=bool(req.get("music", args.music)), duration=float(req.get("duration", args.duration)),
-                max_new_tokens=int(req.get("max_new_tokens", args.max_new_tokens)),
-                temperature=float(req.get("temperature", args.temperature)), top_p=args.top_p,
-                seed=int(req.get("seed", args.seed)), guidance_scale=args.guidance_scale)
+def _check_tokenizer(path: Path) -> None:
+    """llama.tokenizer.Tokenizer raises FileNotFoundError/ValueError for a missing or bad file,
+    which here is a wrong --llama-dir / bundle: turned into the one user-error type."""
+    from llama.checkpoint import CheckpointError
+    from llama.tokenizer import Tokenizer
+
+    try:
+        Tokenizer(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+
+
+def display_text(text: str) -> str:
+    """Model text as shown to a person: control characters (escape sequences, NULs, stray CRs)
+    become spaces, line breaks stay, surrounding blank space goes. results.jsonl keeps it raw."""
+    lines = ("".join(ch if ch.isprintable() or ch == "\t" else " " for ch in line).rstrip()
+             for line in str(text).splitlines())
+    return "\n".join(lines).strip()
+
+
+def cli_request(args) -> "Request":
+    """The one request of the command line, checked like a batch line."""
+    from llama.request_schema import FIELDS, Request, media_path, text
+
+    values = {k: getattr(args, k) for k in FIELDS if k not in ("id", "prompt", "audio", "image", "video")}
+    for k in MEDIA_KEYS:
+        path = getattr(args, k)
+        values[k] = media_path(f"--{k}", None if path is None else str(path), None)
+    return Request(id="cli", prompt=text("--prompt", args.prompt), **values)
 
 
 def run_one(args) -> int:
+    from llama.request_schema import check_against
+    from llama.safe_paths import check_output_file, write_wav
+
+    req = cli_request(args)
+    output = args.output or Path("output.wav")
+    if args.music or args.output is not None:      # where music will go: writable before generating
+        check_output_file(output)
     pipe = load_pipeline(args)
-    ans = pipe.answer(args.prompt, audio=args.audio, image=args.image, video=args.video, **gen_kwargs(args))
-    print(ans.text)
+    check_against(pipe, req)
+    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
+    print(display_text(ans.text) or "(no text)", flush=True)
     if ans.audio is not None:
-        write_wav(args.output, ans.audio, ans.sample_rate)
-        print(f"[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz -> {args.output}]")
+        check_output_file(output)
+        write_wav(output, ans.audio, ans.sample_rate)
+        print(f"[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz -> {output}]")
     return 0
 
 
-def read_requests(path: Path) -> tuple[list[dict], list[str]]:
-    """Parse the JSONL; bad lines are reported (line number and reason), never dropped silently."""
-    requests, problems, seen = [], [], set()
+def read_requests(path: Path, defaults: dict) -> tuple[list[tuple], list[str]]:
+    """Parse the JSONL into (id, Request or RequestError) in file order. Lines without a usable
+    id (not JSON, not an object, a duplicate id) are reported with their line number; bytes that
+    are not UTF-8 survive (surrogate-escaped) so that their request fails alone, by id."""
+    from llama.errors import UserError, one_line
+    from llama.request_schema import RequestError, from_json, request_id
+
+    entries, problems, seen = [], [], set()
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except OSError as e:
-        raise SystemExit(f"{path}: cannot be read ({e.strerror or e})")
-    for n, line in enumerate(lines, 1):
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+    for n, raw_line in enumerate(data.split(b"\n"), 1):
+        line = raw_line.decode("utf-8", "surrogateescape")
         if not line.strip():
             continue
         try:
-            req = json.loads(line)
+            raw = json.loads(line)
         except json.JSONDecodeError as e:
             problems.append(f"{path}:{n}: invalid JSON ({e.msg})")
             continue
-        if not isinstance(req, dict) or not isinstance(req.get("prompt"), str):
-            problems.append(f"{path}:{n}: needs an object with a 'prompt' string")
+        if not isinstance(raw, dict):
+            problems.append(f"{path}:{n}: needs a JSON object, got {type(raw).__name__}")
             continue
-        req.setdefault("id", f"line{n}")
-        req["id"] = str(req["id"])
-        if req["id"] in seen:
-            problems.append(f"{path}:{n}: duplicate id {req['id']!r}")
+        try:
+            rid = request_id(raw, n)
+        except RequestError as e:
+            problems.append(f"{path}:{n}: {e}")
             continue
-        seen.add(req["id"])
-        for k in MEDIA_KEYS:                       # media paths are relative to the JSONL's folder
-            if req.get(k):
-                req[k] = str((path.parent / req[k]) if not os.path.isabs(req[k]) else req[k])
-        requests.append(req)
-    return requests, problems
+        if rid in seen:
+            problems.append(f"{path}:{n}: duplicate id {one_line(repr(rid), 80)}")
+            continue
+        seen.add(rid)
+        try:
+            entries.append((rid, from_json(raw, rid, defaults, path.parent)))
+        except RequestError as e:
+            e.prompt = raw.get("prompt") if isinstance(raw.get("prompt"), str) else None
+            entries.append((rid, e))
+    return entries, problems
 
 
 def run_batch(args) -> int:
     from tqdm import tqdm
 
-    from llama.checkpoint import CheckpointError
-    from llama.media import MediaError
+    from llama.errors import UserError, one_line
+    from llama.request_schema import GEN_FIELDS, check_against
+    from llama.safe_paths import (Journal, OutputError, SafeNames, clean_stale_temps, ensure_writable_dir,
+                                  folder_lock, inside, write_wav)
 
-    requests, problems = read_requests(args.input)
-    for msg in problems:
-        print(f"skipped: {msg}", file=sys.stderr)
-    out_dir = args.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = out_dir / "results.jsonl"
-    done = set()
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue                          # a line cut by a kill; that request reruns
-            if rec.get("error") is None:
-                done.add(str(rec.get("id")))
-    todo = [r for r in requests if r["id"] not in done]
-    print(f"{len(requests)} requests: {len(requests) - len(todo)} already done, {len(todo)} to run, "
-          f"{len(problems)} unreadable lines skipped", file=sys.stderr)
-    if not todo:
-        return 1 if problems else 0
-    pipe = load_pipeline(args)
-    failed = 0
-    with results_path.open("a") as results:
-        for req in tqdm(todo, desc="requests", unit="req", file=sys.stderr):
-            rec = {"id": req["id"], "prompt": req["prompt"], "answer": None, "audio_out": None, "error": None}
-            try:
-                ans = pipe.answer(req["prompt"], **{k: req.get(k) for k in MEDIA_KEYS}, **gen_kwargs(args, req))
-                rec["answer"] = ans.text
-                rec["timings"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ans.timings.items()}
-                if ans.audio is not None:
-                    wav = out_dir / f"{req['id']}.wav"
-                    write_wav(wav, ans.audio, ans.sample_rate)
-                    rec["audio_out"], rec["sample_rate"] = wav.name, ans.sample_rate
-                    rec["audio_seconds"] = round(len(ans.audio) / ans.sample_rate, 4)
-            except (MediaError, CheckpointError, ValueError) as e:   # this request's fault: record it
-                failed += 1
-                rec["error"] = str(e).splitlines()[0]
-                print(f"request {req['id']}: {rec['error']}", file=sys.stderr)
-            results.write(json.dumps(rec) + "\n")
-            results.flush()
-            if rec["error"] is None:
-                print(f"[{req['id']}] {rec['answer']}" + (f"  -> {rec['audio_out']}" if rec["audio_out"] else ""))
-    print(f"done: {len(todo) - failed} answered, {failed} failed -> {results_path}", file=sys.stderr)
+    out_dir = ensure_writable_dir(args.output_dir)
+    with folder_lock(out_dir):
+        stale = clean_stale_temps(out_dir)
+        entries, problems = read_requests(args.input, {k: getattr(args, k) for k in GEN_FIELDS})
+        for msg in problems:
+            print(f"skipped: {one_line(msg)}", file=sys.stderr)
+        names = SafeNames()
+        wav_name = {rid: names(rid) for rid, _ in entries}     # file order: stable across reruns
+        journal = Journal(out_dir / "results.jsonl")
+        records, torn, unreadable = journal.read()
+        if torn or unreadable or stale:
+            print(f"{journal.path}: repaired {torn} torn last line, {unreadable} unreadable lines ignored, "
+                  f"{stale} stale temp files removed; those requests run again", file=sys.stderr)
+        done = {str(r.get("id")) for r in records if r.get("error") is None}
+        todo = [(rid, req) for rid, req in entries if rid not in done]
+        print(f"{len(entries)} requests: {len(entries) - len(todo)} already done, {len(todo)} to run, "
+              f"{len(problems)} unreadable lines skipped", file=sys.stderr)
+        if not todo:
+            return 1 if problems else 0
+        pipe = load_pipeline(args) if any(not isinstance(req, Exception) for _, req in todo) else None
+        failed = 0
+        with journal:
+            for rid, req in tqdm(todo, desc="requests", unit="req", file=sys.stderr):
+                rec = {"id": rid, "wav": None, "prompt": getattr(req, "prompt", None), "answer": None,
+                       "error": None}
+                try:
+                    if isinstance(req, Exception):
+                        raise req
+                    check_against(pipe, req)
+                    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
+                    rec["answer"] = ans.text
+                    rec["timings"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ans.timings.items()}
+                    if ans.audio is not None:
+                        write_wav(inside(out_dir, wav_name[rid]), ans.audio, ans.sample_rate)
+                        rec["wav"], rec["sample_rate"] = wav_name[rid], ans.sample_rate
+                        rec["audio_seconds"] = round(len(ans.audio) / ans.sample_rate, 4)
+                except OutputError:
+                    raise                            # disk full, folder gone: no later request can be kept
+                except UserError as e:               # this request's fault: record it, go on
+                    failed += 1
+                    rec["error"] = one_line(str(e))
+                    print(f"request {one_line(rid, 80)}: {rec['error']}", file=sys.stderr)
+                journal.append(rec)
+                if rec["error"] is None:
+                    shown = display_text(rec["answer"]).replace("\n", " / ") or "(no text)"
+                    print(f"[{one_line(rid, 80)}] {shown}" + (f"  -> {rec['wav']}" if rec["wav"] else ""))
+    print(f"done: {len(todo) - failed} answered, {failed} failed -> {journal.path}", file=sys.stderr)
     return 1 if failed or problems else 0
 
 
@@ -213,12 +284,11 @@ def main(argv=None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()   # config advisories drown the answers otherwise
-    from llama.checkpoint import CheckpointError
-    from llama.media import MediaError
+    from llama.errors import UserError, one_line
     try:
         return run_batch(args) if args.input is not None else run_one(args)
-    except (MediaError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -105,7 +105,7 @@ def test_batch_writes_results_and_skips_done_requests(tiny_bundle, media, tmp_pa
     assert "requests.jsonl:4: invalid JSON" in err and "duplicate id" in err and "text.wav" in err
     recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == ["a", "m", "bad"]
-    assert recs[0]["answer"] and recs[2]["error"] and recs[1]["audio_out"] == "m.wav"
+    assert recs[0]["answer"] and recs[2]["error"] and recs[1]["wav"] == "m.wav"
     info = sf.info(out / "m.wav")
     assert info.samplerate == 32000 and info.frames == 16000
     inference.main(argv)                             # rerun: only the failed one runs again
