@@ -1,8 +1,10 @@
 """Staged training with accelerate: one loop for CPU, one GPU and several processes (DDP).
 
-Stages (DESIGN.md): 1 captioning, 2 caption -> music ([AUD] + bridge loss), 3 instructions.
+Stages (docs/design.md): 1 captioning, 2 caption -> music ([AUD] + bridge loss), 3 instructions.
 Only the stage's parameters train (llama/trainable.py); checkpoints hold only those, plus the
-optimizer, scheduler, RNG and data position, so `--resume` continues exactly.
+optimizer, scheduler, RNG and data position, so `--resume` continues exactly. The run folder
+rules (one run per folder, --resume/--overwrite, settings a resume may not change) are in
+llama/run_dir.py.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import run_dir
 from .checkpoint import save_trained
 from .errors import UserError
 from .data.collate import collate, encode_sample
@@ -51,6 +54,7 @@ class TrainConfig:
     keep: int = 2
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False             # clear an earlier run's files in `out` (llama/run_dir.py)
     skip_nonfinite: bool = False
     trust_remote_code: bool = False
     cpu: bool = False
@@ -117,6 +121,9 @@ class Trainer:
         from .trainable import set_trainable
 
         cfg = self.cfg
+        run_dir.prepare(cfg.out, cfg.resume, cfg.overwrite, self.acc.is_main_process)
+        self.acc.wait_for_everyone()
+        samples, reports = load_stage(cfg.data, cfg.stage)     # before the model: a bad config fails fast
         ckpt = cfg.ckpt_dir or ensure_tiny_bundle(Path(__file__).resolve().parents[1] / "ckpts" / "tiny")
         paths = BundlePaths.from_bundle(ckpt, music_decoder=cfg.music_decoder)
         if cfg.init_from is not None:                      # stage N+1 starts from stage N
@@ -132,7 +139,6 @@ class Trainer:
         model.train()
         self.scale = cfg.bridge_scale if cfg.bridge_scale is not None else model.cfg.bridge_scale
 
-        samples, reports = load_stage(cfg.data, cfg.stage)
         for r in reports:
             self.log(r.line())
         self.samples, self.encoded, too_long = [], [], []
@@ -157,12 +163,23 @@ class Trainer:
                                                 self.acc.num_processes, 0)) / cfg.grad_accum)
         self.total_steps = cfg.max_steps or per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
+        # a rough size of one checkpoint: the trained tensors and AdamW's two moments, in fp32
+        run_dir.check_free_space(cfg.out, (cfg.keep + 2) * 3 * 4 * n_trainable)
+        self.settings = {"stage": cfg.stage, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                         "seed": cfg.seed, "max_len": cfg.max_len, "processes": self.acc.num_processes,
+                         "data_config": run_dir.file_digest(cfg.data),
+                         "samples": run_dir.samples_digest([s.id for s in self.samples])}
         self.model, self.optimizer = self.acc.prepare(model, self.optimizer)
         self.state = TrainState(skipped_too_long=self.too_long)
         last = latest_checkpoint(cfg.out) if cfg.resume else None
         if cfg.resume and last is None:
             self.log(f"--resume: no checkpoint in {cfg.out / 'checkpoints'}, starting from scratch")
         if last is not None:
+            saved = run_dir.read_settings(last)
+            if saved is None:
+                self.log(f"{last} predates {run_dir.SETTINGS_FILE}: resuming without checking the settings")
+            else:
+                run_dir.check_resume(saved, self.settings, last)
             self.state = load_checkpoint(last, self.raw_model, self.optimizer, self.scheduler)
             self.log(f"resumed from {last} (step {self.state.step})")
 
@@ -225,6 +242,14 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def train(self) -> TrainState:
+        """Run to the last step; a failed write (full disk, ...) is a one-line OutputError."""
+        try:
+            return self._train()
+        except OSError as e:
+            raise run_dir.OutputError(f"cannot write the run's files ({run_dir.describe_os_error(e)}); "
+                                      "checkpoints already written are whole") from e
+
+    def _train(self) -> TrainState:
         cfg, acc, st = self.cfg, self.acc, self.state
         cfg.out.mkdir(parents=True, exist_ok=True)
         writer = self._tensorboard()
@@ -326,7 +351,7 @@ class Trainer:
     def _save(self) -> None:
         if self.acc.is_main_process:
             save_checkpoint(self.cfg.out, self.raw_model, self.save_names, self.optimizer, self.scheduler,
-                            self.state, keep=self.cfg.keep)
+                            self.state, keep=self.cfg.keep, settings=self.settings)
         self.acc.wait_for_everyone()
 
     def _metrics_file(self):
