@@ -17,17 +17,89 @@ import torch
 from torch import nn
 
 from llama.config import AdapterConfig
+from llama.errors import UserError, one_line
+
+_SHOWN_KEYS = 3  # offending weight names quoted in a load error
+
+
+class EncoderError(UserError, ValueError):
+    """An encoder folder that cannot be used as it is; the message names the folder and why."""
 
 
 def _read_config(folder: str | Path, what: str) -> tuple[Path, dict]:
     """Fail early, in one line, on a folder that is not a transformers model folder."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {folder}")
+        raise EncoderError(f"{what} folder not found: {folder}")
     cfg = folder / "config.json"
     if not cfg.is_file():
-        raise FileNotFoundError(f"{what} folder {folder} has no config.json (not a transformers model folder)")
-    return folder, json.loads(cfg.read_text())
+        raise EncoderError(f"{what} folder {folder} has no config.json (not a transformers model folder)")
+    try:
+        return folder, json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EncoderError(one_line(f"{cfg}: unreadable config.json ({e})")) from e
+
+
+def _first(keys) -> str:
+    keys = sorted(keys)
+    more = f", ... {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def check_load_report(info: dict, folder, what: str, error: type[UserError] = EncoderError,
+                      allow_unexpected: tuple[str, ...] = ()) -> None:
+    """Raise `error` if the weights on disk do not fill the model exactly.
+
+    `info` is the `output_loading_info` report of transformers or diffusers. Missing weights
+    would be left at random init and mismatched ones re-initialised; both are errors, as are
+    unexpected weights, except under the `allow_unexpected` prefixes (a head the folder's
+    checkpoint carries and we do not run: the weights are ignored, nothing is random).
+    """
+    problems = []
+    missing = list(info.get("missing_keys") or ())
+    if missing:
+        problems.append(f"missing {_first(missing)}")
+    unexpected = [k for k in info.get("unexpected_keys") or () if not k.startswith(allow_unexpected)]
+    if unexpected:
+        problems.append(f"unexpected {_first(unexpected)}")
+    mismatched = list(info.get("mismatched_keys") or ())
+    if mismatched:
+        shown = [f"{k} {tuple(disk)} on disk vs {tuple(want)} in config" for k, disk, want in
+                 sorted(mismatched, key=lambda m: m[0])[:_SHOWN_KEYS]]
+        problems.append("wrong shape " + ", ".join(shown))
+    if info.get("error_msgs"):
+        problems.append(str(info["error_msgs"][0]))
+    if problems:
+        raise error(one_line(f"{what} folder {folder}: weights do not match its config.json: "
+                             + "; ".join(problems)))
+
+
+def load_checked(cls, folder, what: str, error: type[UserError] = EncoderError,
+                 allow_unexpected: tuple[str, ...] = (), **kwargs):
+    """`cls.from_pretrained(folder)` (a transformers model class) that refuses half-loaded weights.
+
+    Mismatched shapes are reported rather than raised (ignore_mismatched_sizes) so that
+    `check_load_report` words every problem the same way. transformers' own load report is
+    muted while loading, so allowed leftovers do not print on every start; anything else
+    raises here.
+    """
+    from safetensors import SafetensorError
+    from transformers.utils import logging
+
+    if not (Path(folder) / "config.json").is_file():  # else transformers falls back to defaults
+        raise error(f"cannot load {what} from {folder}: no config.json")
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with quiet_progress():
+            model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:  # unreadable weights or config
+        raise error(one_line(f"cannot load {what} from {folder}: {e}")) from e
+    finally:
+        logging.set_verbosity(level)
+    check_load_report(info, folder, what, error, allow_unexpected)
+    return model
 
 
 @contextlib.contextmanager
@@ -42,6 +114,19 @@ def quiet_progress():
     finally:
         if was_on:
             logging.enable_progress_bar()
+
+
+def _processor(cls, folder: Path, what: str):
+    """The folder's preprocessor; a missing or broken preprocessor_config.json is the user's."""
+    try:
+        return cls.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise EncoderError(one_line(f"cannot load the {what} preprocessor from {folder}: {e}")) from e
+
+
+# ViT/ViViT are built without their pooler (encode reads last_hidden_state), so a checkpoint's
+# pooler is unused; a classification checkpoint (ViViT Kinetics-400) also carries its head.
+_UNUSED_HEADS = ("pooler.", "classifier.")
 
 
 class FrozenEncoder(nn.Module):
@@ -73,9 +158,9 @@ class FrozenEncoder(nn.Module):
         return next(self.model.parameters()).dtype
 
     def check_adapter(self, cfg: AdapterConfig, name: str = "adapter") -> None:
-        """Raise if the adapter was configured for a different encoder than the one on disk."""
+        """EncoderError if the adapter was configured for a different encoder than the one on disk."""
         if (cfg.n_pool, cfg.in_dim) != (self.n_pool, self.width):
-            raise ValueError(
+            raise EncoderError(
                 f"{name} expects {cfg.n_pool} x {cfg.in_dim} features but {type(self).__name__} "
                 f"gives {self.n_pool} x {self.width}")
 
@@ -101,11 +186,10 @@ class MusicEncoder(FrozenEncoder):
 
         folder, cfg = _read_config(folder, "MERT")
         if "auto_map" in cfg and not trust_remote_code:
-            raise ValueError(f"MERT folder {folder} ships its own model code (auto_map in config.json); "
+            raise EncoderError(f"MERT folder {folder} ships its own model code (auto_map in config.json); "
                              "pass --trust-remote-code to run it")
-        with quiet_progress():
-            model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
-        processor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+        model = load_checked(AutoModel, folder, "MERT", trust_remote_code=trust_remote_code)
+        processor = _processor(Wav2Vec2FeatureExtractor, folder, "MERT")
         return cls(model, processor, device, dtype, window_seconds)
 
     @property
@@ -152,9 +236,8 @@ class ImageEncoder(FrozenEncoder):
         from transformers import ViTImageProcessorPil, ViTModel
 
         folder, _ = _read_config(folder, "ViT")
-        with quiet_progress():
-            model = ViTModel.from_pretrained(folder, local_files_only=True)
-        processor = ViTImageProcessorPil.from_pretrained(folder, local_files_only=True)
+        model = load_checked(ViTModel, folder, "ViT", allow_unexpected=_UNUSED_HEADS, add_pooling_layer=False)
+        processor = _processor(ViTImageProcessorPil, folder, "ViT")
         return cls(model, processor, device, dtype)
 
     @torch.no_grad()
@@ -181,9 +264,9 @@ class VideoEncoder(FrozenEncoder):
         from transformers import VivitImageProcessor, VivitModel  # the numpy/PIL processor
 
         folder, _ = _read_config(folder, "ViViT")
-        with quiet_progress():
-            model = VivitModel.from_pretrained(folder, local_files_only=True)
-        processor = VivitImageProcessor.from_pretrained(folder, local_files_only=True)
+        model = load_checked(VivitModel, folder, "ViViT", allow_unexpected=_UNUSED_HEADS,
+                             add_pooling_layer=False)
+        processor = _processor(VivitImageProcessor, folder, "ViViT")
         return cls(model, processor, device, dtype)
 
     @property

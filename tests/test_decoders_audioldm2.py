@@ -253,3 +253,25 @@ def test_build_is_deterministic(folder, tmp_path):
         assert (folder / rel).read_bytes() == (same / rel).read_bytes(), rel
     unet = "unet/diffusion_pytorch_model.safetensors"
     assert (folder / unet).read_bytes() != (other / unet).read_bytes()
+
+
+@pytest.mark.parametrize("component, weights", [
+    ("unet", "diffusion_pytorch_model.safetensors"),   # a diffusers model: only warns by itself
+    ("vocoder", "model.safetensors"),                   # a transformers model
+])
+@pytest.mark.parametrize("how", ["drop", "reshape"])
+def test_half_loaded_component_is_an_error(folder, tmp_path, component, weights, how):
+    from safetensors import safe_open
+
+    from tests.test_encoders import damage_weights
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged, ignore=shutil.ignore_patterns(component))
+    with safe_open(folder / component / weights, "pt") as f:
+        key = max(f.keys())
+    damage_weights(folder / component, damaged / component, **{how: key})
+    with pytest.raises(DecoderError) as e:
+        AudioLDM2Decoder.from_pretrained(damaged)
+    msg = str(e.value)
+    assert str(damaged / component) in msg and key in msg and "\n" not in msg
+    assert ("missing" if how == "drop" else "wrong shape") in msg

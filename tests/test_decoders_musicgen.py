@@ -135,3 +135,16 @@ def test_round_trip_embeddings_equal_text_path(dec, guidance):
     via_embeddings = dec.render(cond, 0.3, guidance_scale=guidance, seed=7, cond_mask=mask)
     via_text = dec.render_text(CAPTIONS, 0.3, guidance_scale=guidance, seed=7)
     np.testing.assert_allclose(via_embeddings, via_text, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["drop", "reshape"])
+def test_half_loaded_weights_are_an_error(folder, tmp_path, how):
+    from tests.test_encoders import damage_weights, safe_keys
+
+    key = max(safe_keys(folder))
+    damage_weights(folder, tmp_path / "damaged", **{how: key})
+    with pytest.raises(DecoderError) as e:
+        MusicGenDecoder.from_pretrained(tmp_path / "damaged")
+    msg = str(e.value)
+    assert str(tmp_path / "damaged") in msg and key in msg and "\n" not in msg
+    assert ("missing" if how == "drop" else "wrong shape") in msg

@@ -9,7 +9,8 @@ from PIL import Image
 
 from llama import tiny
 from llama.config import preset
-from llama.encoders import ImageEncoder, MusicEncoder, VideoEncoder
+from llama.encoders import EncoderError, ImageEncoder, MusicEncoder, VideoEncoder
+from llama.errors import UserError
 
 CFG = preset("tiny")
 
@@ -44,7 +45,7 @@ def test_sizes_match_the_preset_adapters(music, image, video):
     music.check_adapter(a)
     image.check_adapter(i)
     video.check_adapter(v)
-    with pytest.raises(ValueError, match="expects 197 x 768"):
+    with pytest.raises(EncoderError, match="expects 197 x 768"):
         image.check_adapter(preset("7b").image_adapter)
     assert music.sampling_rate == 24000 and video.num_frames == 32
 
@@ -110,16 +111,84 @@ def test_remote_code_needs_the_flag(folders, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["auto_map"] = {"AutoModel": "modeling_MERT.MERTModel"}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="--trust-remote-code") as err:
+    with pytest.raises(EncoderError, match="--trust-remote-code") as err:
         MusicEncoder.from_pretrained(folder)
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("cls", [MusicEncoder, ImageEncoder, VideoEncoder])
 def test_missing_folder(cls, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere") as err:
+    with pytest.raises(EncoderError, match="nowhere") as err:
         cls.from_pretrained(tmp_path / "nowhere")
     assert "\n" not in str(err.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty.*config.json"):
+    with pytest.raises(EncoderError, match="empty.*config.json"):
         cls.from_pretrained(tmp_path / "empty")
+
+
+def damage_weights(src, dst, drop: str | None = None, reshape: str | None = None) -> str:
+    """Copy the model folder `src` to `dst` and rewrite its one safetensors file without the
+    weight `drop` (default: the first), or with `reshape` given a wrong shape; the key touched."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    (path,) = dst.glob("*.safetensors")
+    with safe_open(path, "pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = drop or reshape or sorted(weights)[0]
+    if reshape:
+        weights[key] = torch.zeros(*weights[key].shape, 2)  # one axis too many
+    else:
+        del weights[key]
+    save_file(weights, path, metadata=meta)
+    return key
+
+
+ENCODERS = [("mert", MusicEncoder), ("vit", ImageEncoder), ("vivit", VideoEncoder)]
+
+
+@pytest.mark.parametrize("name, cls", ENCODERS)
+@pytest.mark.parametrize("how", ["drop", "reshape"])
+def test_half_loaded_weights_are_an_error(folders, tmp_path, name, cls, how):
+    key = max(k for k in safe_keys(folders[name]) if not k.startswith("pooler."))  # pooler: unused
+    damage_weights(folders[name], tmp_path / name, **{how: key})
+    with pytest.raises(EncoderError) as err:
+        cls.from_pretrained(tmp_path / name)
+    msg = str(err.value)
+    assert isinstance(err.value, UserError) and "\n" not in msg
+    assert str(tmp_path / name) in msg and key in msg
+    assert ("missing" if how == "drop" else "wrong shape") in msg
+
+
+def safe_keys(folder):
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return list(f.keys())
+
+
+def test_unexpected_weight_is_an_error_but_an_unused_head_is_not(folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    for extra, ok in (("classifier.weight", True), ("stray.weight", False)):
+        folder = tmp_path / extra
+        shutil.copytree(folders["vit"], folder)
+        weights = load_file(folder / "model.safetensors")
+        weights[extra] = torch.zeros(3, 32)  # a Kinetics/ImageNet-style head, or a stray layer
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        if ok:
+            assert ImageEncoder.from_pretrained(folder).n_tokens == 17
+        else:
+            with pytest.raises(EncoderError, match=rf"unexpected {extra}"):
+                ImageEncoder.from_pretrained(folder)
+
+
+def test_corrupt_weights_or_config_are_one_line_errors(folders, tmp_path):
+    for name, content in (("model.safetensors", b"not safetensors"), ("config.json", b"{oops")):
+        folder = tmp_path / name
+        shutil.copytree(folders["vit"], folder)
+        (folder / name).write_bytes(content)
+        with pytest.raises(EncoderError) as err:
+            ImageEncoder.from_pretrained(folder)
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)

@@ -13,6 +13,7 @@ without it N = 128, what the published projector emits, and S = 200, diffusers' 
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import one_line
 from . import DecoderError, duration_samples
+from .components import load_components, read_index
 
 META_FILE = "mumu_decoder.json"
 DEFAULT_T5_TOKENS = 128
@@ -28,25 +31,6 @@ DEFAULT_STEPS = 200
 N_GPT2_TOKENS = 8                # hidden states GPT-2 generates; fixed by the published model
 DEFAULT_GUIDANCE = 3.5           # diffusers' default for AudioLDM2
 _LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
-
-
-def _read_index(folder: Path) -> dict:
-    """model_index.json, checked: every component it names must have its subfolder."""
-    if not folder.is_dir():
-        raise DecoderError(f"AudioLDM2 folder {folder} does not exist")
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise DecoderError(f"AudioLDM2 folder {folder} has no model_index.json (not a diffusers folder)")
-    try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DecoderError(f"{index_path}: invalid JSON ({e})") from e
-    components = {k: v for k, v in index.items()
-                  if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
-    for name, (_, cls) in components.items():
-        if not (folder / name).is_dir():
-            raise DecoderError(f"AudioLDM2 folder {folder} is missing its {name}/ component ({cls})")
-    return components
 
 
 class AudioLDM2Decoder:
@@ -66,20 +50,17 @@ class AudioLDM2Decoder:
         from diffusers import AudioLDM2Pipeline
 
         folder = Path(folder)
-        components = _read_index(folder)
-        overrides = {}
+        components = read_index(folder, "AudioLDM2")
+        # cvssp/audioldm2 ships a bare GPT2Model; diffusers' own text path calls generation
+        # helpers only GPT2LMHeadModel has. Same weights, head tied to wte.
+        parts = load_components(folder, components, "AudioLDM2", dtype,
+                                replace={"GPT2Model": "GPT2LMHeadModel"})
+        wanted = inspect.signature(AudioLDM2Pipeline).parameters
         try:
-            if components.get("language_model", [None, None])[1] == "GPT2Model":
-                # cvssp/audioldm2 ships a bare GPT2Model; diffusers' own text path calls
-                # generation helpers only GPT2LMHeadModel has. Same weights, head tied to wte.
-                from transformers import GPT2LMHeadModel
-                overrides["language_model"] = GPT2LMHeadModel.from_pretrained(
-                    folder / "language_model", local_files_only=True, dtype=dtype)
-            pipe = AudioLDM2Pipeline.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                     **overrides).to(device)
+            pipe = AudioLDM2Pipeline(**{k: parts.get(k) for k in wanted}).to(device)
             meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
         except _LOAD_ERRORS as e:
-            raise DecoderError(f"cannot load AudioLDM2 from {folder}: {e}".splitlines()[0]) from e
+            raise DecoderError(one_line(f"cannot load AudioLDM2 from {folder}: {e}")) from e
         dec = cls(pipe, int(meta.get("n_t5_tokens", DEFAULT_T5_TOKENS)),
                   int(meta.get("num_inference_steps", DEFAULT_STEPS)))
         dec._check_widths(folder)

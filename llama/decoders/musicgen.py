@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..encoders import load_checked
+from ..errors import one_line
 from . import DecoderError, duration_samples
 
 META_FILE = "mumu_decoder.json"
@@ -25,6 +27,19 @@ DEFAULT_COND_TOKENS = 128
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+def _read_meta(path: Path) -> int:
+    """n_cond_tokens from mumu_decoder.json (DEFAULT_COND_TOKENS without the file)."""
+    if not path.is_file():
+        return DEFAULT_COND_TOKENS
+    try:
+        n = json.loads(path.read_text()).get("n_cond_tokens", DEFAULT_COND_TOKENS)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise DecoderError(one_line(f"{path}: unreadable ({e})")) from e
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DecoderError(f"{path}: n_cond_tokens must be a positive integer, got {n!r}")
+    return n
+
 
 class MusicGenDecoder:
     """A loaded MusicGen that renders audio from (B, cond_tokens, cond_dim) conditioning."""
@@ -46,16 +61,16 @@ class MusicGenDecoder:
             raise DecoderError(f"MusicGen folder {folder} has no config.json")
         if not any((folder / name).is_file() for name in _WEIGHT_FILES):
             raise DecoderError(f"MusicGen folder {folder} has no weights ({', '.join(_WEIGHT_FILES)})")
-        try:
-            model = MusicgenForConditionalGeneration.from_pretrained(
-                folder, local_files_only=True, dtype=dtype).to(device)
-            processor = None
-            if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        # every weight must load: a missing or mis-shaped one would otherwise stay random
+        model = load_checked(MusicgenForConditionalGeneration, folder, "MusicGen", DecoderError,
+                             dtype=dtype).to(device)
+        processor = None
+        if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            try:
                 processor = MusicgenProcessor.from_pretrained(folder, local_files_only=True)
-            meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
-        except (OSError, ValueError, KeyError) as e:
-            raise DecoderError(f"cannot load MusicGen from {folder}: {e}".splitlines()[0]) from e
-        return cls(model, processor, int(meta.get("n_cond_tokens", DEFAULT_COND_TOKENS)))
+            except (OSError, ValueError, KeyError) as e:
+                raise DecoderError(one_line(f"cannot load MusicGen's tokenizer from {folder}: {e}")) from e
+        return cls(model, processor, _read_meta(folder / META_FILE))
 
     @property
     def sampling_rate(self) -> int:
