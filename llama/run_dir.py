@@ -85,13 +85,17 @@ def prepare(out: Path, resume: bool, overwrite: bool, is_main: bool = True) -> N
     _check_is_folder(out)
     probe_writable(out)
     entries = _entries(out)
-    if not entries or resume:
+    if not entries:
+        return
+    foreign = [p.name for p in entries if p.name not in RUN_FILES]
+    if resume and foreign:
+        raise OutputError(f"--resume: {out} holds {foreign[0]!r}, which training never writes: not a run folder")
+    if resume:
         return
     names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
     if not overwrite:
         raise OutputError(f"--out {out} is not empty ({names}); pass --resume to continue the run there "
                           "or --overwrite to replace it")
-    foreign = [p.name for p in entries if p.name not in RUN_FILES]
     if foreign:
         raise OutputError(f"--overwrite: {out} holds {foreign[0]!r}, which training never writes; refusing "
                           "to clear it (move it away or pick another --out)")

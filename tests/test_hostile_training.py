@@ -117,6 +117,23 @@ def test_overwrite_refuses_a_folder_holding_other_files(common, run, capsys):
     assert snapshot(run) == before
 
 
+def test_resume_into_a_folder_that_is_not_a_run_is_refused(common, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    line = fails(capsys, *common, "--out", tmp_path, "--max-steps", "1", "--resume")
+    assert "notes.txt" in line and "not a run folder" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_checkpoint_cleanup_never_deletes_the_new_checkpoint(common, run):
+    """A higher-numbered leftover (here step_000009) once made --keep delete the checkpoint just
+    written, leaving `latest` pointing at nothing."""
+    (run / "checkpoints" / "step_000001").rename(run / "checkpoints" / "step_000009")
+    args = [*common, "--out", str(run), "--max-steps", "3", "--save-every", "1", "--keep", "1", "--resume"]
+    assert train.main(args) == 0
+    assert latest_checkpoint(run).name == "step_000003"
+    assert steps(run) == [1, 2, 3]
+
+
 def test_resume_and_overwrite_together_are_refused(common, run, capsys):
     assert "contradict" in fails(capsys, *common, "--out", run, "--max-steps", "3", "--resume", "--overwrite")
 
@@ -205,6 +222,18 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(common, tmp_path, 
     assert not list((out / "checkpoints").glob("*.partial"))
     assert train.main([*common, "--out", str(out), "--max-steps", "2", "--save-every", "1", "--resume"]) == 0
     assert steps(out) == [1, 2]
+
+
+def test_full_disk_when_writing_the_final_weights(common, tmp_path, capsys, monkeypatch):
+    from llama import trainer as T
+
+    def no_space(model, folder, names):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(folder) / "model.safetensors"))
+    monkeypatch.setattr(T, "save_trained", no_space)
+    out = tmp_path / "run"
+    line = fails(capsys, *common, "--out", out, "--max-steps", "1")
+    assert "final/model.safetensors: No space left on device" in line
+    assert latest_checkpoint(out).name == "step_000001"
 
 
 # ------------------------------------------------------------------ pickles
