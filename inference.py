@@ -111,7 +111,6 @@ def load_pipeline(args):
         setattr(paths, "mumu_audioldm2" if paths.music_decoder == "audioldm2" else "mumu", args.mumu)
     if args.music_decoder_path is not None:
         setattr(paths, paths.music_decoder, args.music_decoder_path)
-    _check_device(args.device)
     _check_tokenizer(paths.llama_dir / "tokenizer.model")
     return MuMuPipeline.load(paths, device=args.device, dtype=getattr(torch, args.dtype),
                              trust_remote_code=args.trust_remote_code)
@@ -286,6 +285,7 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()   # config advisories drown the answers otherwise
     from llama.errors import UserError, one_line
     try:
+        _check_device(args.device)
         return run_batch(args) if args.input is not None else run_one(args)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

@@ -71,6 +71,8 @@ class SafeNames:
             return self._by_id[original]
         stem = safe_stem(original)
         reserved = stem.split(".")[0].upper() in _WINDOWS_RESERVED
+        if reserved:                             # 'CON.txt' is reserved too: break the first part
+            stem = stem.replace(".", "_", 1)
         if not stem or stem != original or reserved or stem.lower() in self._taken:
             stem = f"{stem or 'id'}-{_hash(original)}"
         base, n = stem, 1
