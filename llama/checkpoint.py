@@ -5,10 +5,13 @@ Our own checkpoints hold only trained tensors (model.safetensors) plus config.js
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import tempfile
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import LLaMAConfig, MuMuConfig
 from .errors import UserError
-from .llama import init_new_token_rows
+from .llama import init_new_token_rows, rope_tables
+from .mapped_weights import MappedWeights, WeightSource
 
 
 class CheckpointError(UserError, ValueError):
@@ -72,8 +76,11 @@ def shard_dim(key: str) -> int | None:
     return None
 
 
-def load_meta_llama(folder: str | Path) -> tuple[LLaMAConfig, dict[str, torch.Tensor]]:
-    """params.json + consolidated.{00,01,...}.pth -> (config, merged state dict in Meta's names)."""
+def load_meta_llama(folder: str | Path) -> tuple[LLaMAConfig, MappedWeights]:
+    """params.json + consolidated.{00,01,...}.pth -> (config, weights in Meta's names).
+
+    Shards are memory-mapped; model-parallel pieces are concatenated per tensor on access.
+    """
     folder = Path(folder)
     if not (folder / "params.json").is_file():
         raise CheckpointError(f"{folder}: no params.json (expected a Meta LLaMA folder)")
@@ -81,40 +88,83 @@ def load_meta_llama(folder: str | Path) -> tuple[LLaMAConfig, dict[str, torch.Te
     if not shards:
         raise CheckpointError(f"{folder}: no consolidated.*.pth weights")
     try:
+        params = json.loads((folder / "params.json").read_text())
         cfg = LLaMAConfig.from_params_json(folder / "params.json")
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{folder / 'params.json'}: invalid ({e})") from e
+    if params.get("n_kv_heads") not in (None, cfg.n_heads):
+        raise CheckpointError(f"{folder / 'params.json'}: grouped-query attention (n_kv_heads "
+                              f"{params['n_kv_heads']} of {cfg.n_heads} heads) is not supported")
     parts = [torch_load(p) for p in shards]
-    merged = {}
+    entries = {}
     for key in parts[0]:
+        lacking = [s for s, p in zip(shards, parts) if key not in p]
+        if lacking:
+            raise CheckpointError(f"{lacking[0]}: lacks {key} (which {shards[0].name} has)")
         dim = shard_dim(key)
-        tensors = [p[key] for p in parts]
-        merged[key] = tensors[0] if dim is None or len(tensors) == 1 else torch.cat(tensors, dim=dim)
-    return cfg, merged
+        build = None if dim is None or len(parts) == 1 else functools.partial(torch.cat, dim=dim)
+        entries[key] = WeightSource(shards[0] if len(parts) == 1 else folder / "consolidated.*.pth",
+                                    [p[key] for p in parts], build)
+    return cfg, MappedWeights(folder, entries, mapped=all(zipfile.is_zipfile(p) for p in shards))
 
 
-def load_llama_base(llm: torch.nn.Module, meta_sd: dict[str, torch.Tensor]) -> None:
-    """Copy Meta weights into our Transformer; [AUD] rows start at the mean of the base rows."""
-    cfg = llm.cfg
-    sd = {k: v for k, v in meta_sd.items() if k != "rope.freqs"}
-    for key in ("tok_embeddings.weight", "output.weight"):
-        if key not in sd:
-            raise CheckpointError(f"LLaMA weights lack {key}")
-        base = sd.pop(key)
-        if base.shape != (cfg.vocab_size, cfg.dim):
-            raise CheckpointError(f"LLaMA {key} is {tuple(base.shape)}, tokenizer/params.json say "
-                                  f"({cfg.vocab_size}, {cfg.dim})")
-        target = dict(llm.named_parameters())[key]
+# Ours, not in any base checkpoint: LoRA factors, biases, adapter gates.
+_TUNING_TENSOR = re.compile(r"lora_|\.bias$|\.gate$")
+
+
+def load_llama_base(llm: torch.nn.Module, weights: Mapping[str, torch.Tensor],
+                    dtype: torch.dtype | None = None) -> None:
+    """Put Meta-named base weights into our Transformer; [AUD] rows start at the mean of the base rows.
+
+    A real model is filled in place. A model built on the meta device gets each weight as a new
+    tensor in `dtype` (default fp32), one at a time, giving back each file's pages as it goes:
+    the peak is about the final model plus one tensor. Its LoRA, biases and gates are then
+    created as `LoRALinear`/`Attention` initialise them (fp32), and the rope tables computed.
+    """
+    cfg, params = llm.cfg, dict(llm.named_parameters())
+    where = getattr(weights, "folder", "LLaMA weights")
+    keys = [k for k in weights if k != "rope.freqs"]
+    unexpected = [k for k in keys if k not in params]
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected LLaMA weights, e.g. {unexpected[:5]}")
+    missing = [k for k in params if k not in weights and not _TUNING_TENSOR.search(k)]
+    if missing:
+        raise CheckpointError(f"{where}: LLaMA weights lack {len(missing)} keys, e.g. {missing[:3]}")
+    for key in keys:
+        p, src = params[key], weights[key]
+        rows = key in ("tok_embeddings.weight", "output.weight")     # [AUD] rows follow the base
+        expected = (cfg.vocab_size, cfg.dim) if rows else tuple(p.shape)
+        if tuple(src.shape) != expected:
+            file = weights.file(key) if hasattr(weights, "file") else where
+            raise CheckpointError(f"{file}: LLaMA {key} is {tuple(src.shape)}, tokenizer/config say {expected}")
+        target = torch.empty(p.shape, dtype=dtype or torch.float32) if p.is_meta else p
         with torch.no_grad():
-            target[: cfg.vocab_size].copy_(base)
-        init_new_token_rows(target, cfg.vocab_size)
-    result = llm.load_state_dict(sd, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(f"LLaMA weights have unexpected keys: {result.unexpected_keys[:5]}")
-    base_missing = [k for k in result.missing_keys
-                    if not re.search(r"lora_|\.bias$|\.gate$|tok_embeddings|output\.weight", k)]
-    if base_missing:
-        raise CheckpointError(f"LLaMA weights lack {len(base_missing)} keys, e.g. {base_missing[:3]}")
+            target[: src.shape[0]].copy_(src)
+        if rows:
+            init_new_token_rows(target, cfg.vocab_size)
+        if p.is_meta:
+            module, _, name = key.rpartition(".")
+            setattr(llm.get_submodule(module), name, torch.nn.Parameter(target, p.requires_grad))
+        del src
+        if hasattr(weights, "release"):
+            weights.release(key)
+    _init_tuning_tensors(llm)
+
+
+def _init_tuning_tensors(llm: torch.nn.Module) -> None:
+    """Create what is still on the meta device after the base weights: LoRA A drawn as
+    `LoRALinear` draws it, LoRA B, biases and gates zero (so the model computes the base
+    LLaMA), and the rope tables (non-persistent buffers, in no checkpoint) as the model makes them."""
+    for name, module in llm.named_modules():
+        for pname, p in list(module.named_parameters(recurse=False)):
+            if p.is_meta:
+                new = torch.zeros(p.shape)
+                if name.endswith("lora_a"):
+                    torch.nn.init.xavier_uniform_(new)
+                setattr(module, pname, torch.nn.Parameter(new, p.requires_grad))
+    if llm.rope_cos.is_meta:
+        c = llm.cfg
+        llm.rope_cos, llm.rope_sin = rope_tables(c.head_dim, c.max_seq_len * 2, c.rope_theta)
 
 
 # ------------------------------------------------------------------ published checkpoints

@@ -23,6 +23,7 @@ class LLaMAConfig:
     vocab_size: int = 32000          # base sentencepiece vocabulary, without the [AUD] tokens
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
+    ffn_dim_override: int | None = None   # set when the weights' FFN width is not Meta's rule (HF configs)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     max_seq_len: int = 4096
@@ -36,7 +37,10 @@ class LLaMAConfig:
 
     @property
     def ffn_dim(self) -> int:
-        """Meta's rule: 2/3 * 4 * dim, times the multiplier, rounded up to `multiple_of`."""
+        """Meta's rule: 2/3 * 4 * dim, times the multiplier, rounded up to `multiple_of`
+        (unless `ffn_dim_override` gives the width outright)."""
+        if self.ffn_dim_override is not None:
+            return self.ffn_dim_override
         hidden = int(2 * 4 * self.dim / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)

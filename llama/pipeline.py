@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (CheckpointError, load_llama_base, load_meta_llama, load_published_checkpoint,
-                         load_trained, published_state_dict, read_trained_config)
+from .checkpoint import (CheckpointError, load_llama_base, load_published_checkpoint, load_trained,
+                         published_state_dict, read_trained_config)
 from .checkpoint_config import FlavourError, check_music_decoder, config_from_published, published_variant
 from .config import MuMuConfig, preset
+from .hf_llama import llama_format, load_llama_weights
+from .llama import LoRALinear
 from .media import load_audio, load_image, load_video
 from .mumu_llama import MuMuLLaMA
 from .tokenizer import Tokenizer, format_prompt
@@ -28,7 +30,7 @@ from .tokenizer import Tokenizer, format_prompt
 class BundlePaths:
     """Where each part lives. Relative paths in bundle.json are relative to the bundle folder."""
 
-    llama_dir: Path                      # holds tokenizer.model and <llama_type>/params.json
+    llama_dir: Path                      # tokenizer.model + <llama_type>/ (Meta or HF), or an HF folder
     llama_type: str = "7B"
     mert: Path | None = None
     vit: Path | None = None
@@ -63,6 +65,18 @@ class BundlePaths:
             spec[k] = folder / spec[k] if spec[k] is not None else None
         return cls(**spec)
 
+    def llama_locations(self) -> tuple[Path, Path]:
+        """(weights folder, tokenizer.model). The weights: <llama_dir>/<llama_type> in Meta's or
+        HF's format, else llama_dir itself if it is an HF folder (`Llama-2-7b-hf`). The tokenizer:
+        in llama_dir, else in the weights folder."""
+        weights = self.llama_dir / self.llama_type
+        if llama_format(weights) is None and llama_format(self.llama_dir) == "hf":
+            weights = self.llama_dir
+        tokenizer = self.llama_dir / "tokenizer.model"
+        if not tokenizer.is_file() and (weights / "tokenizer.model").is_file():
+            tokenizer = weights / "tokenizer.model"
+        return weights, tokenizer
+
     @property
     def trained(self) -> Path | None:
         """Our trained weights for the chosen music decoder, if any."""
@@ -78,6 +92,33 @@ class Answer:
     timings: dict = field(default_factory=dict)
 
 
+def _fresh(module: torch.nn.Module) -> torch.nn.Module:
+    """A freshly initialised CPU twin of a module built on the meta device: ours are rebuilt
+    from their `cfg`, torch layers re-initialised by their `reset_parameters`."""
+    if hasattr(module, "cfg"):
+        return type(module)(module.cfg)
+    if isinstance(module, torch.nn.ModuleDict):
+        return torch.nn.ModuleDict({k: _fresh(v) for k, v in module.items()})
+    if hasattr(module, "reset_parameters") and not list(module.children()):
+        module = module.to_empty(device="cpu")
+        module.reset_parameters()
+        return module
+    raise TypeError(f"cannot rebuild {type(module).__name__} off the meta device")
+
+
+@torch.no_grad()
+def _merge_in_fp32(m: LoRALinear) -> None:
+    """`m.merge()` with the sum taken in fp32 and rounded once to the weight's dtype (as when the
+    whole model was merged in fp32 and then cast); one weight at a time."""
+    dtype = m.weight.dtype
+    if m.lora_b is None or dtype == torch.float32 or not m.lora_b.weight.any():
+        m.merge()
+        return
+    m.weight.data = m.weight.data.float()
+    m.merge()
+    m.weight.data = m.weight.data.to(dtype)
+
+
 class MuMuPipeline:
     def __init__(self, paths: BundlePaths, model: MuMuLLaMA, tokenizer: Tokenizer,
                  device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -90,20 +131,31 @@ class MuMuPipeline:
     @classmethod
     def load(cls, paths: BundlePaths, device: str = "cpu", dtype: torch.dtype = torch.float32,
              trust_remote_code: bool = False, merge_lora: bool = True) -> "MuMuPipeline":
-        tokenizer = Tokenizer(paths.llama_dir / "tokenizer.model")
-        llama_cfg, meta_sd = load_meta_llama(paths.llama_dir / paths.llama_type)
+        """Memory: the LLM is built on the meta device and takes each base weight as read, in
+        `dtype`, so loading peaks at about the final model (benchmarks/load_memory.py)."""
+        weights_dir, tokenizer_path = paths.llama_locations()
+        tokenizer = Tokenizer(tokenizer_path)
+        llama_cfg, base = load_llama_weights(weights_dir)
         cfg = build_config(paths, llama_cfg, tokenizer.n_base)
-        model = MuMuLLaMA(cfg)
-        load_llama_base(model.llm, meta_sd)
-        del meta_sd
+        with torch.device("meta"):
+            model = MuMuLLaMA(cfg)
+        for name, child in list(model.named_children()):
+            if name != "llm":                       # adapters, queries, projector: small, built now
+                setattr(model, name, _fresh(child).to(dtype))
+        load_llama_base(model.llm, base, dtype)
+        del base
         if paths.checkpoint is not None:
             load_published_checkpoint(model, paths.checkpoint)
         if paths.trained is not None:
             load_trained(model, paths.trained)
         model.eval().requires_grad_(False)
-        if merge_lora:
-            model.llm.merge_lora()      # fold LoRA into the base weights: fewer kernels per token
+        if merge_lora:                  # fold LoRA into the base weights: fewer kernels per token
+            for m in model.llm.modules():
+                if isinstance(m, LoRALinear):
+                    _merge_in_fp32(m)
         model.to(device=device, dtype=dtype)
+        if merge_lora:
+            model.llm.merge_lora()      # nothing left to fold: packs the weights for decoding
         return cls(paths, model, tokenizer, torch.device(device), dtype, trust_remote_code)
 
     # ------------------------------------------------------------ lazily loaded parts
