@@ -144,7 +144,8 @@ def test_resume_with_the_same_settings_continues(common, run):
     assert latest_checkpoint(run).name == "step_000003"
 
 
-@pytest.mark.parametrize("option,value,saved", [("--batch-size", "3", "2"), ("--grad-accum", "2", "1"),
+@pytest.mark.parametrize("option,value,saved", [("--stage", "2", "1"), ("--batch-size", "3", "2"),
+                                                ("--grad-accum", "2", "1"),
                                                 ("--seed", "7", "0"), ("--max-len", "300", "512")])
 def test_resume_refuses_a_setting_that_moves_the_data_position(common, run, capsys, option, value, saved):
     before = snapshot(run)
@@ -159,6 +160,19 @@ def test_resume_refuses_an_edited_data_config(common, data, run, tmp_path, capsy
     edited.write_text(text.replace("  - {name: coco", "  # coco dropped\n  - {name: coco_x", 1))
     args = [a if a != str(data) else str(edited) for a in common]
     assert "--data" in fails(capsys, *args, "--out", run, "--max-steps", "3", "--resume")
+
+
+def test_resume_refuses_other_samples_or_process_count(common, data, run, tmp_path, capsys):
+    other = write_fixture_datasets(tmp_path / "data")          # same config text, one caption fewer
+    coco = tmp_path / "data" / "COCO" / "captions.json"
+    caps = json.loads(coco.read_text())
+    coco.write_text(json.dumps(dict(list(caps.items())[1:])))
+    args = [a if a != str(data) else str(other) for a in common]
+    assert "the training samples" in fails(capsys, *args, "--out", run, "--max-steps", "3", "--resume")
+    settings = latest_checkpoint(run) / "run.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "processes": 2}))
+    line = fails(capsys, *common, "--out", run, "--max-steps", "3", "--resume")
+    assert "the number of processes was 2" in line and "now 1" in line
 
 
 # ------------------------------------------------------------------ unusable output folders
