@@ -188,16 +188,41 @@ def describe(p: Piece, variant: int = 0) -> str:
     return forms[variant % len(forms)]
 
 
-def describe_picture(p: Piece) -> str:
-    colour = {"piano": "red", "guitar": "green", "violin": "blue", "flute": "yellow"}[p.instrument]
-    shade = "bright" if p.mode == "major" else "dark"
-    n = SHAPES[p.tempo]
-    return f"A {shade} {colour} picture with {n} white circle{'s' if n > 1 else ''}."
+COLOUR_NAMES = {"piano": "red", "guitar": "green", "violin": "blue", "flute": "yellow"}
+PICTURE_VARIANTS = VIDEO_VARIANTS = 4
+CAPTION_VARIANTS = 5                                          # phrasings of describe()
 
 
-def describe_video(p: Piece) -> str:
-    colour = describe_picture(p).split()[2]
-    return f"A white ball bouncing at a {p.tempo} pace on a {colour} background."
+def picture_attributes(p: Piece) -> dict:
+    """What a picture (and its caption) shows: colour, shade and the number of circles."""
+    return {"colour": COLOUR_NAMES[p.instrument], "shade": "bright" if p.mode == "major" else "dark",
+            "circles": SHAPES[p.tempo]}
+
+
+def describe_picture(p: Piece, variant: int = 0) -> str:
+    """The picture's caption; variant 0 is the original phrasing, 1-3 others (`variant % 4`)."""
+    a = picture_attributes(p)
+    colour, shade, n = a["colour"], a["shade"], a["circles"]
+    circles = f"{n} white circle{'s' if n > 1 else ''}"
+    forms = (
+        f"A {shade} {colour} picture with {circles}.",
+        f"{circles.capitalize()} on a {shade} {colour} background.",
+        f"A picture of {circles} over {shade} {colour}.",
+        f"A {colour} square, {shade}, showing {circles}.",
+    )
+    return forms[variant % len(forms)]
+
+
+def describe_video(p: Piece, variant: int = 0) -> str:
+    """The video's caption; variant 0 is the original phrasing, 1-3 others (`variant % 4`)."""
+    colour = COLOUR_NAMES[p.instrument]
+    forms = (
+        f"A white ball bouncing at a {p.tempo} pace on a {colour} background.",
+        f"On a {colour} background a white ball bounces at a {p.tempo} pace.",
+        f"A video of a white ball that bounces, {p.tempo}, in front of {colour}.",
+        f"A {colour} scene where a white ball keeps bouncing at a {p.tempo} pace.",
+    )
+    return forms[variant % len(forms)]
 
 
 QUESTIONS = {   # attribute -> (question, answer template)
@@ -225,3 +250,26 @@ def attributes_in(text: str) -> dict[str, str | None]:
 
     return {"instrument": one(INSTRUMENTS), "tempo": one(TEMPI), "key": one(KEYS),
             "mode": one(MODES), "mood": one(set(MOODS.values()))}
+
+
+def drums_in(text: str) -> bool | None:
+    """Whether a text says the music has drums (True), has none (False), or neither/both (None)."""
+    t = " ".join(text.lower().replace(",", " ").replace(".", " ").replace(";", " ").split())
+    no = any(w in t for w in ("without drums", "no drums", "without the drums", "remove the drums"))
+    yes = any(w in t for w in ("with drums", "there are drums", "add drums", "and drums"))
+    return None if yes == no else yes
+
+
+NOTE_LETTERS = "CDEFGAB"
+_NATURAL = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def scale_notes(key: str, mode: str) -> list[str]:
+    """The seven notes of the scale, spelt with one letter each: scale_notes("F", "major")[3] == "Bb"."""
+    start = NOTE_LETTERS.index(key)
+    names = []
+    for degree, step in enumerate(SCALES[mode]):
+        letter = NOTE_LETTERS[(start + degree) % 7]
+        shift = (_NATURAL[key] + step - _NATURAL[letter]) % 12
+        names.append(letter + {0: "", 1: "#", 2: "##", 11: "b", 10: "bb"}[shift])
+    return names
