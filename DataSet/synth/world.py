@@ -13,6 +13,7 @@ physical.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -242,7 +243,7 @@ def answer(p: Piece, attribute: str) -> tuple[str, str]:
 
 def attributes_in(text: str) -> dict[str, str | None]:
     """The attribute words a generated text names (None when it names none or several)."""
-    words = text.lower().replace(",", " ").replace(".", " ").replace(";", " ").split()
+    words = re.findall(r"[a-z]+", text.lower())
 
     def one(options) -> str | None:
         found = {o for o in options if o.lower() in words}
