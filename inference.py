@@ -102,6 +102,9 @@ def load_pipeline(args):
     if ckpt is None:
         ckpt = DEFAULT_CKPT
         ensure_tiny_bundle(ckpt)
+    if ckpt.exists() and not ckpt.is_dir():      # from_bundle would raise NotADirectoryError
+        from llama.checkpoint import CheckpointError
+        raise CheckpointError(f"{ckpt}: not a folder (--ckpt-dir takes a bundle folder with bundle.json)")
     paths = BundlePaths.from_bundle(ckpt, llama_type=args.llama_type, variant=args.variant,
                                     music_decoder=args.music_decoder)
     for k in ("llama_dir", "mert", "vit", "vivit", "checkpoint"):   # CLI paths are cwd-relative

@@ -195,6 +195,13 @@ def test_checkpoint_refused_in_one_line(tiny_bundle, tmp_path, capsys, name, mak
     assert "Traceback" not in err and "weights_only" not in err and "pwned" not in err
 
 
+def test_ckpt_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "bundle").write_text("{}")
+    rc = inference.main(["--ckpt-dir", str(tmp_path / "bundle"), "--prompt", "Hi."])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bundle: not a folder" in last_error(err) and "Traceback" not in err
+
+
 def test_torch_load_reads_plain_weights(tmp_path):
     from llama.checkpoint import torch_load
     torch.save({"w": torch.ones(2)}, tmp_path / "new.pth")
