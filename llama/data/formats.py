@@ -18,7 +18,7 @@ Formats (the `format` of a `DatasetSpec`):
 Annotation files are JSON, or JSON Lines when the name ends in .jsonl. `from` is
 "human"/"user" (instruction) or "gpt"/"assistant" (answer); turns alternate, human first.
 
-What each stage makes of them (see DESIGN.md, "Training stages"):
+What each stage makes of them (see docs/design.md, "Training stages"):
 
     stage 1  understanding, media in -> text out. captions -> (instruction, caption) with the
              media as input, the instruction picked from `CAPTION_INSTRUCTIONS[modality]` by a
