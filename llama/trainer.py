@@ -19,6 +19,7 @@ import torch
 from . import run_dir
 from .checkpoint import save_trained
 from .errors import UserError
+from .feature_memo import FeatureMemo
 from .data.collate import collate, encode_sample
 from .data.formats import Sample
 from .media import MediaError
@@ -111,6 +112,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if self.acc.is_main_process else (lambda *a: None)
         self._bridge_cache: dict[str, torch.Tensor] = {}
+        self.memo = FeatureMemo()          # frozen-encoder features, once per media file
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -199,12 +201,16 @@ class Trainer:
                 try:
                     if s.audio is not None:
                         enc = self.pipe.encoder("audio")
-                        feats["audio"][i] = enc.encode(load_audio(s.audio, enc.sampling_rate))
+                        feats["audio"][i] = self.memo.get("audio", s.audio, lambda: enc.encode(
+                            load_audio(s.audio, enc.sampling_rate)))
                     if s.image is not None:
-                        feats["image"][i] = self.pipe.encoder("image").encode([load_image(s.image)])[0]
+                        enc = self.pipe.encoder("image")
+                        feats["image"][i] = self.memo.get("image", s.image, lambda: enc.encode(
+                            [load_image(s.image)])[0])
                     if s.video is not None:
                         enc = self.pipe.encoder("video")
-                        feats["video"][i] = enc.encode([load_video(s.video, enc.num_frames)])[0]
+                        feats["video"][i] = self.memo.get("video", s.video, lambda: enc.encode(
+                            [load_video(s.video, enc.num_frames)])[0])
                 except MediaError as e:
                     self.log(f"sample {s.id}: {e}")
                     bad.append(i)
