@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .config import LLaMAConfig, MuMuConfig
 from .errors import UserError
 from .llama import init_new_token_rows, rope_tables
-from .mapped_weights import MappedWeights, WeightSource
+from .mapped_weights import MappedWeights, WeightSource, concat_into
 
 
 class CheckpointError(UserError, ValueError):
@@ -101,10 +101,13 @@ def load_meta_llama(folder: str | Path) -> tuple[LLaMAConfig, MappedWeights]:
         lacking = [s for s, p in zip(shards, parts) if key not in p]
         if lacking:
             raise CheckpointError(f"{lacking[0]}: lacks {key} (which {shards[0].name} has)")
-        dim = shard_dim(key)
-        build = None if dim is None or len(parts) == 1 else functools.partial(torch.cat, dim=dim)
+        dim, pieces = shard_dim(key), [p[key] for p in parts]
+        shape = list(pieces[0].shape)
+        if dim is not None and len(parts) > 1:
+            shape[dim] = sum(t.shape[dim] for t in pieces)
+        fill = None if dim is None or len(parts) == 1 else functools.partial(concat_into, dim=dim)
         entries[key] = WeightSource(shards[0] if len(parts) == 1 else folder / "consolidated.*.pth",
-                                    [p[key] for p in parts], build)
+                                    pieces, tuple(shape), fill)
     return cfg, MappedWeights(folder, entries, mapped=all(zipfile.is_zipfile(p) for p in shards))
 
 
@@ -122,32 +125,29 @@ def load_llama_base(llm: torch.nn.Module, weights: Mapping[str, torch.Tensor],
     created as `LoRALinear`/`Attention` initialise them (fp32), and the rope tables computed.
     """
     cfg, params = llm.cfg, dict(llm.named_parameters())
-    where = getattr(weights, "folder", "LLaMA weights")
+    weights = MappedWeights.of(weights)
     keys = [k for k in weights if k != "rope.freqs"]
     unexpected = [k for k in keys if k not in params]
     if unexpected:
-        raise CheckpointError(f"{where}: unexpected LLaMA weights, e.g. {unexpected[:5]}")
+        raise CheckpointError(f"{weights.folder}: unexpected tensors for LLaMA, e.g. {unexpected[:5]}")
     missing = [k for k in params if k not in weights and not _TUNING_TENSOR.search(k)]
     if missing:
-        raise CheckpointError(f"{where}: LLaMA weights lack {len(missing)} keys, e.g. {missing[:3]}")
-    for key in keys:
-        p, src = params[key], weights[key]
-        rows = key in ("tok_embeddings.weight", "output.weight")     # [AUD] rows follow the base
+        raise CheckpointError(f"{weights.folder}: lacks {len(missing)} LLaMA tensors, e.g. {missing[:3]}")
+    grown = ("tok_embeddings.weight", "output.weight")       # [AUD] rows follow the base rows
+    for key in sorted(keys, key=lambda k: k not in grown):    # first: their row means need fp32 room
+        p, shape, rows = params[key], weights.shape(key), key in grown
         expected = (cfg.vocab_size, cfg.dim) if rows else tuple(p.shape)
-        if tuple(src.shape) != expected:
-            file = weights.file(key) if hasattr(weights, "file") else where
-            raise CheckpointError(f"{file}: LLaMA {key} is {tuple(src.shape)}, tokenizer/config say {expected}")
+        if shape != expected:
+            raise CheckpointError(f"{weights.file(key)}: LLaMA {key} is {shape}, tokenizer/config say {expected}")
         target = torch.empty(p.shape, dtype=dtype or torch.float32) if p.is_meta else p
         with torch.no_grad():
-            target[: src.shape[0]].copy_(src)
+            weights.copy_into(key, target[: shape[0]])
+        weights.release(key)
         if rows:
             init_new_token_rows(target, cfg.vocab_size)
         if p.is_meta:
             module, _, name = key.rpartition(".")
             setattr(llm.get_submodule(module), name, torch.nn.Parameter(target, p.requires_grad))
-        del src
-        if hasattr(weights, "release"):
-            weights.release(key)
     _init_tuning_tensors(llm)
 
 

@@ -9,6 +9,7 @@ conversion step. Shards are memory-mapped and read one tensor at a time (see `ma
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -51,13 +52,17 @@ def meta_name(hf_name: str) -> str | None:
     return f"layers.{m[1]}.{_PER_LAYER[m[2]]}" if m[2] in _PER_LAYER else None
 
 
-def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo HF's `w.view(n_heads, d // n_heads // 2, 2, dim).transpose(1, 2).reshape(d, dim)`.
-
-    (d, dim) rows per head go from [first halves | second halves] back to interleaved pairs.
-    """
+def unpermuted_view(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo HF's `w.view(n_heads, d // n_heads // 2, 2, dim).transpose(1, 2).reshape(d, dim)`:
+    (d, dim) -> a (n_heads, hd/2, 2, dim) view whose row-major order is Meta's rows (each head's
+    [first halves | second halves] back to interleaved pairs)."""
     d, dim = w.shape
-    return w.view(n_heads, 2, d // n_heads // 2, dim).transpose(1, 2).reshape(d, dim)
+    return w.view(n_heads, 2, d // n_heads // 2, dim).transpose(1, 2)
+
+
+def unpermute_into(tensors: list[torch.Tensor], out: torch.Tensor, n_heads: int) -> None:
+    view = unpermuted_view(tensors[0], n_heads)
+    out.view(view.shape).copy_(view)
 
 
 def llama_format(folder: str | Path) -> str | None:
@@ -140,8 +145,8 @@ def load_hf_llama(folder: str | Path) -> tuple[LLaMAConfig, MappedWeights]:
         if ours is None:
             raise CheckpointError(f"{file}: unexpected tensor {name} for a LLaMA model")
         permuted = ours.endswith(("attention.wq.weight", "attention.wk.weight"))
-        build = (lambda ts: unpermute(ts[0], cfg.n_heads)) if permuted else None
-        entries[ours] = WeightSource(file, [t], build)
+        fill = functools.partial(unpermute_into, n_heads=cfg.n_heads) if permuted else None
+        entries[ours] = WeightSource(file, [t], tuple(t.shape), fill)
     return cfg, MappedWeights(folder, entries)
 
 

@@ -39,23 +39,47 @@ def release_pages(t: torch.Tensor) -> None:
 class WeightSource(NamedTuple):
     file: Path                       # named in error messages
     tensors: list[torch.Tensor]      # memory-mapped, nothing read yet
-    build: Callable | None = None    # tensors -> the tensor asked for; None: the one tensor as is
+    shape: tuple[int, ...]           # of the tensor they make
+    fill: Callable | None = None     # fill(tensors, out) writes it into `out` with no temporary
+                                     # (concatenate, un-permute); None: the one tensor as is
+
+
+def concat_into(tensors: list[torch.Tensor], out: torch.Tensor, dim: int) -> None:
+    """`out = torch.cat(tensors, dim)`, written piece by piece."""
+    start = 0
+    for t in tensors:
+        out.narrow(dim, start, t.shape[dim]).copy_(t)
+        start += t.shape[dim]
 
 
 class MappedWeights(Mapping):
-    """A state dict whose tensors are built when accessed (concatenated, un-permuted, ...).
+    """A state dict whose tensors are made when accessed (concatenated, un-permuted, ...).
 
-    `release(key)` gives back the file pages that key's tensors read; callers call it once they
-    hold their own copy. mapped=False: the tensors are in memory (e.g. a legacy torch save
-    that cannot be mapped), release does nothing.
+    `copy_into(key, out)` writes a tensor straight into its destination (casting), and
+    `release(key)` then gives back the file pages it read. mapped=False: the tensors are in
+    memory (a plain dict, a legacy torch save that cannot be mapped), release does nothing.
     """
 
-    def __init__(self, folder: Path, entries: dict[str, WeightSource], mapped: bool = True):
+    def __init__(self, folder: Path | str, entries: dict[str, WeightSource], mapped: bool = True):
         self.folder, self._entries, self.mapped = folder, entries, mapped
+
+    @classmethod
+    def of(cls, sd: Mapping[str, torch.Tensor], where: str = "state dict") -> "MappedWeights":
+        """A plain state dict seen through this interface (nothing to release)."""
+        if isinstance(sd, MappedWeights):
+            return sd
+        return cls(where, {k: WeightSource(Path(where), [t], tuple(t.shape)) for k, t in sd.items()}, False)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         src = self._entries[key]
-        return src.tensors[0] if src.build is None else src.build(src.tensors)
+        if src.fill is None:
+            return src.tensors[0]
+        out = torch.empty(src.shape, dtype=src.tensors[0].dtype)
+        src.fill(src.tensors, out)
+        return out
+
+    def __contains__(self, key) -> bool:          # Mapping's default would build the tensor
+        return key in self._entries
 
     def __iter__(self):
         return iter(self._entries)
@@ -65,6 +89,17 @@ class MappedWeights(Mapping):
 
     def file(self, key: str) -> Path:
         return self._entries[key].file
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key].shape
+
+    def copy_into(self, key: str, out: torch.Tensor) -> None:
+        """out.copy_(self[key]), without making self[key] first."""
+        src = self._entries[key]
+        if src.fill is None:
+            out.copy_(src.tensors[0])
+        else:
+            src.fill(src.tensors, out)
 
     def release(self, key: str) -> None:
         if self.mapped:

@@ -154,8 +154,11 @@ class MuMuPipeline:
                 if isinstance(m, LoRALinear):
                     _merge_in_fp32(m)
         model.to(device=device, dtype=dtype)
-        if merge_lora:
-            model.llm.merge_lora()      # nothing left to fold: packs the weights for decoding
+        if merge_lora and dtype == torch.float32:
+            # Nothing left to fold: packs the weights for CPU decoding, as measured in
+            # benchmarks/README.md. Other dtypes keep the plain layout, as before (the cast after
+            # packing undid it), and so do not pay packing's transient copies.
+            model.llm.merge_lora()
         return cls(paths, model, tokenizer, torch.device(device), dtype, trust_remote_code)
 
     # ------------------------------------------------------------ lazily loaded parts
