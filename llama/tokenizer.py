@@ -9,6 +9,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .errors import UserError, one_line
+
 PROMPT_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
@@ -19,16 +21,24 @@ def format_prompt(instruction: str) -> str:
     return PROMPT_TEMPLATE.format(instruction=instruction)
 
 
+class TokenizerError(UserError, ValueError):
+    """A tokenizer.model that cannot be used; the message names the file."""
+
+
+class TokenizerNotFoundError(TokenizerError, FileNotFoundError):
+    """No tokenizer.model where the checkpoint says it is."""
+
+
 class Tokenizer:
     def __init__(self, model_path: str | Path, n_aud_tokens: int = 8):
         path = Path(model_path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer.model not found")
+            raise TokenizerNotFoundError(f"{path}: tokenizer.model not found")
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(str(path))
         except (OSError, RuntimeError) as e:
-            raise ValueError(f"{path}: not a sentencepiece model ({e})") from e
+            raise TokenizerError(one_line(f"{path}: not a sentencepiece model ({e})")) from e
         self.n_base = self.sp.GetPieceSize()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.aud_tokens = [f"[AUD{i}]" for i in range(n_aud_tokens)]
