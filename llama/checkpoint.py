@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import LLaMAConfig, MuMuConfig
 from .errors import UserError
-from .llama import init_new_token_rows, rope_tables
+from .llama import rope_tables
 from .mapped_weights import MappedWeights, WeightSource, concat_into
 
 
@@ -134,7 +134,7 @@ def load_llama_base(llm: torch.nn.Module, weights: Mapping[str, torch.Tensor],
     if missing:
         raise CheckpointError(f"{weights.folder}: lacks {len(missing)} LLaMA tensors, e.g. {missing[:3]}")
     grown = ("tok_embeddings.weight", "output.weight")       # [AUD] rows follow the base rows
-    for key in sorted(keys, key=lambda k: k not in grown):    # first: their row means need fp32 room
+    for key in sorted(keys, key=lambda k: k not in grown):    # first: their fp32 means need room
         p, shape, rows = params[key], weights.shape(key), key in grown
         expected = (cfg.vocab_size, cfg.dim) if rows else tuple(p.shape)
         if shape != expected:
@@ -142,9 +142,9 @@ def load_llama_base(llm: torch.nn.Module, weights: Mapping[str, torch.Tensor],
         target = torch.empty(p.shape, dtype=dtype or torch.float32) if p.is_meta else p
         with torch.no_grad():
             weights.copy_into(key, target[: shape[0]])
+            if rows:        # as `init_new_token_rows`, from the file's values in fp32, whatever dtype
+                target[shape[0]:] = weights[key].float().mean(0)
         weights.release(key)
-        if rows:
-            init_new_token_rows(target, cfg.vocab_size)
         if p.is_meta:
             module, _, name = key.rpartition(".")
             setattr(llm.get_submodule(module), name, torch.nn.Parameter(target, p.requires_grad))

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,37 @@ def test_llama_base_load_rejects_wrong_vocab():
     sd = _meta_state(LLaMAConfig(dim=32, n_layers=2, n_heads=4, vocab_size=41, multiple_of=16))
     with pytest.raises(CheckpointError, match="tokenizer"):
         load_llama_base(Transformer(cfg), sd)
+
+
+def test_meta_device_load_in_bf16_equals_the_in_place_load(tmp_path):
+    """The pipeline's path (model on the meta device, two model-parallel shards filled piece by
+    piece, pages given back) gives the in-place fp32 load's numbers, cast; extras start neutral."""
+    cfg = LLaMAConfig(dim=32, n_layers=2, n_heads=4, vocab_size=40, multiple_of=16, adapter_layers_per_modality=0)
+    full = _meta_state(cfg)
+    (tmp_path / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 2, "n_heads": 4, "multiple_of": 16}))
+    shards = [{}, {}]
+    for k, v in full.items():
+        halves = (v, v) if shard_dim(k) is None else v.chunk(2, dim=shard_dim(k))
+        shards[0][k], shards[1][k] = halves[0].clone(), halves[1].clone()
+    for i, shard in enumerate(shards):
+        torch.save(shard, tmp_path / f"consolidated.0{i}.pth")
+    real = Transformer(cfg)
+    load_llama_base(real, full)
+    _, weights = load_meta_llama(tmp_path)
+    with torch.device("meta"):
+        lazy = Transformer(cfg)
+    load_llama_base(lazy, weights, torch.bfloat16)
+    got = dict(lazy.named_parameters())
+    assert not any(t.is_meta for t in [*got.values(), *lazy.buffers()])
+    for k, v in real.named_parameters():
+        if "lora_a" in k:
+            assert got[k].shape == v.shape and got[k].dtype == torch.float32
+        elif re.search(r"lora_b|\.bias$|\.gate$", k):
+            assert not got[k].any() and got[k].dtype == torch.float32, k
+        else:
+            assert got[k].dtype == torch.bfloat16, k
+            torch.testing.assert_close(got[k], v.detach().to(torch.bfloat16), rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(lazy.rope_cos, real.rope_cos, rtol=0, atol=0)
 
 
 def test_corrupt_weights_file_is_a_one_line_error(tmp_path):
