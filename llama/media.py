@@ -18,18 +18,31 @@ Decisions:
   all (m4a, aac, the audio track of an mp4, ...) are decoded with PyAV.
 - Images with transparency are composited on white, so a transparent background does not turn
   black; EXIF orientation is applied so a phone photo is seen upright.
+- Memory is bounded by the output, not the file (issue 13; figures in benchmarks/README.md).
+  Audio is read in blocks, mixed to mono and resampled as it streams (soxr's stream gives the
+  very samples librosa's one-shot resample gives). Images much larger than the encoder's input
+  (`target`, 224 px) are shrunk while loading: JPEGs decode at 1/2..1/8 scale (libjpeg's
+  draft mode), then any image is box-reduced by an integer factor that keeps at least twice
+  `target` pixels on its short side, before mode conversion. Images under 4 x `target` on the
+  short side are untouched; larger ones differ slightly from a full-size decode followed by the
+  processor's resize (a box pre-filter), which the encoder cannot tell apart.
+- Size limit: Pillow's decompression-bomb limit is kept on purpose. Up to 2 x
+  Image.MAX_IMAGE_PIXELS (179 MP; 12000 x 12000 = 144 MP is accepted, without Pillow's warning,
+  since loading it is now cheap) loads; larger is a MediaError "image too large", decided from
+  the header before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import av
-import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UserError
 
@@ -49,7 +62,11 @@ _IMAGE_ERRORS = (
     EOFError,
     struct.error,
 )
-_BLOCK = 1 << 20  # audio frames read at a time, so only the mono mix is ever held in memory
+_BLOCK = 1 << 20  # audio frames read at a time, so only the mono output is ever held whole
+_MAX_PRESIZE = 1 << 27  # output samples allocated up front from a header (512 MB, ~93 min at 24 kHz)
+IMAGE_TARGET = 224  # ViT's input side: what load_image shrinks huge images towards
+_REDUCING_GAP = 2   # keep >= 2 x target pixels for the processor's own (bicubic) resize
+_REDUCIBLE = frozenset("L LA La RGB RGBA RGBa I F".split())  # modes Image.reduce averages properly
 
 
 class MediaError(UserError, ValueError):
@@ -118,68 +135,103 @@ def _check_file(path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- audio
 
 
-def _read_soundfile(path: str | os.PathLike, p: Path) -> tuple[np.ndarray, int] | None:
-    """Mono float32 (T,) and its rate via libsndfile; None if libsndfile cannot open the file."""
+class _MonoStream:
+    """Collects mono float32 blocks at `rate` as float32 (n,) at `sample_rate`, resampling each
+    block as it arrives, so the input is never held whole. `expected` input samples, if known,
+    size the output once; more samples grow it."""
+
+    def __init__(self, path, rate: int, sample_rate: int, expected: int = 0):
+        if rate <= 0:
+            raise MediaError(path, f"invalid sample rate {rate}")
+        self.path, self.rate, self.sample_rate = path, rate, sample_rate
+        self.stream = None if rate == sample_rate else \
+            soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+        # a header can claim any length: pre-size at most _MAX_PRESIZE, grow past it if real
+        self.out = np.empty(min(self._n_out(expected), _MAX_PRESIZE), np.float32)  # (n_out,)
+        self.n_in = self.n = 0
+
+    def _n_out(self, n_in: int) -> int:
+        """ceil(n_in * sample_rate / rate) in exact integers (librosa's float ratio can add one)."""
+        return -(-n_in * self.sample_rate // self.rate)
+
+    def add(self, block: np.ndarray, last: bool = False) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)  # (n,)
+        if not np.isfinite(block).all():
+            raise MediaError(self.path, "audio contains NaN or infinite samples")
+        self.n_in += block.size
+        if self.stream is not None:
+            block = self.stream.resample_chunk(block, last=last)
+        if self.n + block.size > self.out.size:
+            self.out = np.resize(self.out, max(self.n + block.size, 2 * self.out.size))
+        self.out[self.n:self.n + block.size] = block
+        self.n += block.size
+
+    def result(self) -> np.ndarray:
+        """float32 (ceil(T * sample_rate / rate),): trimmed or zero-padded to the exact length."""
+        if self.stream is not None:
+            self.add(np.zeros(0, np.float32), last=True)  # flush the resampler
+        if self.n_in == 0:
+            raise MediaError(self.path, "audio has no samples")
+        want = self._n_out(self.n_in)
+        if want > self.out.size:
+            self.out = np.resize(self.out, want)
+        self.out[self.n:want] = 0
+        return self.out[:want] if want == self.out.size else self.out[:want].copy()
+
+
+def _read_soundfile(path, p: Path, sample_rate: int) -> np.ndarray | None:
+    """Mono float32 (T,) at `sample_rate` via libsndfile; None if libsndfile cannot open the file."""
     try:
         f = sf.SoundFile(p)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
     try:
         with f:
-            # (block, C) -> (block,): the mean over channels, as the published code does
-            blocks = [b.mean(axis=1) for b in f.blocks(_BLOCK, dtype="float32", always_2d=True)]
-            rate = f.samplerate
+            mono = _MonoStream(path, f.samplerate, sample_rate, max(f.frames, 0))
+            for block in f.blocks(_BLOCK, dtype="float32", always_2d=True):
+                mono.add(block.mean(axis=1))  # (block, C) -> (block,), as the published code mixes
     except (sf.LibsndfileError, RuntimeError) as e:
         raise MediaError(path, f"corrupt or truncated audio ({_reason(e)})") from e
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)  # (T,)
-    return mono, rate
+    return mono.result()
 
 
-def _read_pyav(path: str | os.PathLike, p: Path) -> tuple[np.ndarray, int]:
-    """Mono float32 (T,) and its rate via FFmpeg, for what libsndfile cannot open."""
+def _read_pyav(path, p: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 (T,) at `sample_rate` via FFmpeg, for what libsndfile cannot open."""
+    mono = None
     try:
         with av.open(str(p)) as container:
             if not container.streams.audio:
                 raise MediaError(path, "no audio stream")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
-            chunks, rate = [], stream.codec_context.sample_rate
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,)
-                    rate = out.sample_rate
+            frames = container.decode(stream)
+            for out in (o for frame in frames for o in resampler.resample(frame)):
+                mono = mono or _MonoStream(path, out.sample_rate, sample_rate)
+                mono.add(out.to_ndarray().mean(axis=0))  # (C, n) -> (n,)
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().mean(axis=0))
+                mono = mono or _MonoStream(path, out.sample_rate, sample_rate)
+                mono.add(out.to_ndarray().mean(axis=0))
     except MediaError:
         raise
     except _AV_ERRORS as e:
         raise MediaError(path, f"not a readable audio file ({_reason(e)})") from e
-    mono = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    return mono, rate
+    if mono is None:
+        raise MediaError(path, "audio has no samples")
+    return mono.result()
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 24000) -> np.ndarray:
     """Decode any audio file to float32 mono (T,) at `sample_rate`, whole length, never cut.
 
-    Channels are averaged, then the signal is resampled with soxr (librosa.resample). A file
-    with one sample is valid (the encoder pads short audio); zero samples or NaN/inf is not.
+    Channels are averaged, then the signal is resampled with soxr (HQ, as librosa.resample),
+    block by block. A file with one sample is valid (the encoder pads short audio); zero
+    samples or NaN/inf is not.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     p = _check_file(path)
-    mono, rate = _read_soundfile(path, p) or _read_pyav(path, p)  # (T,)
-    if mono.size == 0:
-        raise MediaError(path, "audio has no samples")
-    if not np.isfinite(mono).all():
-        raise MediaError(path, "audio contains NaN or infinite samples")
-    if rate <= 0:
-        raise MediaError(path, f"invalid sample rate {rate}")
-    if rate != sample_rate:
-        # length ceil(T * sr / rate) in exact integers (librosa's float ratio can add a sample)
-        n_out = -(-mono.size * sample_rate // rate)
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
-        mono = librosa.util.fix_length(mono, size=n_out)  # (n_out,)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    mono = _read_soundfile(path, p, sample_rate)
+    return mono if mono is not None else _read_pyav(path, p, sample_rate)  # (T,)
 
 
 # ----------------------------------------------------------------------------- image
@@ -199,17 +251,41 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully (truncated files fail here, not later) and return it as RGB."""
+def _shrink(img: Image.Image, target: int | None) -> Image.Image:
+    """Decode `img` (an opened file), as small as `target` allows: JPEG draft mode, then an
+    integer box reduction keeping >= _REDUCING_GAP * target pixels on the short side."""
+    floor = _REDUCING_GAP * target if target else 0
+    if floor and img.format == "JPEG" and min(img.size) >= 2 * floor:
+        img.draft(None, (floor, floor))  # libjpeg scales by 1/2, 1/4 or 1/8, never below floor
+    img.load()
+    factor = min(img.size) // floor if floor else 1
+    if factor >= 2:
+        if img.mode not in _REDUCIBLE:  # palette indices or 1-bit cannot be averaged
+            img = _to_rgb(img)
+        img = img.reduce(factor)
+    return img
+
+
+def load_image(path: str | os.PathLike, target: int | None = IMAGE_TARGET) -> Image.Image:
+    """Open an image fully (truncated files fail here, not later) and return it as RGB.
+
+    `target` is the side the encoder resizes to (224 for ViT): images at least twice
+    `_REDUCING_GAP * target` on their short side come back shrunk, never below that
+    (see the module notes); None keeps the full resolution.
+    """
     p = _check_file(path)
     try:
-        with Image.open(p) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+        with warnings.catch_warnings():
+            # up to Pillow's error limit is accepted on purpose (module notes): no warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                img = ImageOps.exif_transpose(_shrink(img, target))
+                rgb = _to_rgb(img)
     except _IMAGE_ERRORS as e:
         if isinstance(e, UnidentifiedImageError):
             reason = "not a readable image file"
+        elif isinstance(e, Image.DecompressionBombError):
+            reason = f"image too large ({_reason(e)})"
         else:
             reason = f"corrupt or unsupported image ({_reason(e)})"
         raise MediaError(path, reason) from e

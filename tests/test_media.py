@@ -324,3 +324,64 @@ def test_video_stream_without_frames(tmp_path):
         for packet in v.encode():
             c.mux(packet)
     assert "no video frames" in assert_media_error(load_video, p)
+
+
+# ----------------------------------------------------------------------------- huge media
+
+
+def test_audio_longer_than_a_block_equals_one_shot_resample(tmp_path):
+    import librosa
+
+    p = tmp_path / "long.flac"
+    x = tone(3 * (1 << 20) + 11, 48000, 2)  # three read blocks and a bit
+    sf.write(p, x, 48000)
+    whole = sf.read(p, dtype="float32", always_2d=True)[0].mean(axis=1)
+    ref = librosa.util.fix_length(librosa.resample(whole, orig_sr=48000, target_sr=24000),
+                                  size=math.ceil(len(whole) / 2))
+    np.testing.assert_array_equal(load_audio(p), ref)  # streamed, yet the same samples
+
+
+def _photo(w: int, h: int) -> Image.Image:
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h)], -1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_huge_image_is_shrunk_while_loading(tmp_path, suffix):
+    p = tmp_path / f"big{suffix}"
+    _photo(2400, 1800).save(p)
+    full = load_image(p, target=None)
+    small = load_image(p)  # target 224: short side kept >= 448
+    assert full.size == (2400, 1800) and small.mode == "RGB"
+    assert 448 <= min(small.size) < 900 and small.size[0] / small.size[1] == pytest.approx(4 / 3, rel=0.01)
+    # what the encoder sees after its own resize to 224 x 224 is (nearly) the same
+    a = np.asarray(full.resize((224, 224), Image.BICUBIC), dtype=float)
+    b = np.asarray(small.resize((224, 224), Image.BICUBIC), dtype=float)
+    assert np.abs(a - b).mean() < 2.0
+
+
+def test_normal_images_are_not_shrunk(tmp_path):
+    for name, img in (("a.jpg", _photo(880, 660)), ("b.png", _photo(1000, 890))):
+        img.save(tmp_path / name)
+        assert np.array_equal(np.asarray(load_image(tmp_path / name)),
+                              np.asarray(load_image(tmp_path / name, target=None)))
+
+
+def test_huge_palette_image_is_converted_before_reducing(tmp_path):
+    p = tmp_path / "pal.png"
+    img = Image.new("P", (1000, 1000))
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 red, 1 blue
+    img.paste(1, (0, 0, 1000, 500))
+    img.save(p)
+    out = np.asarray(load_image(p))
+    assert out.shape[:2] == (500, 500)
+    assert tuple(out[10, 10]) == (0, 0, 255) and tuple(out[-10, 10]) == (255, 0, 0)  # no index mixing
+
+
+def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 40)).save(tmp_path / "ok.png")      # 1600 px: over the warning limit only
+    Image.new("RGB", (50, 50)).save(tmp_path / "bomb.png")    # 2500 px > 2 x the limit
+    assert load_image(tmp_path / "ok.png").size == (40, 40)
+    assert "image too large" in assert_media_error(load_image, tmp_path / "bomb.png")
