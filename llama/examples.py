@@ -88,10 +88,13 @@ def video_frames() -> list[np.ndarray]:
 def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     h, w = frames[0].shape[:2]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
+    # bit-exact muxer and encoder: no library version strings in the file
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(codec, rate=fps, options={"flags": "+bitexact"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.thread_count = 1  # one thread: identical bytes on every run
+        # one thread for the encoder and for PyAV's rgb24 -> yuv420p conversion (it takes the
+        # codec's thread count): slice threading is the only run-to-run variable left
+        stream.codec_context.thread_count = 1
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
