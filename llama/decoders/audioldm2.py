@@ -61,8 +61,12 @@ class AudioLDM2Decoder:
             meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
         except _LOAD_ERRORS as e:
             raise DecoderError(one_line(f"cannot load AudioLDM2 from {folder}: {e}")) from e
-        dec = cls(pipe, int(meta.get("n_t5_tokens", DEFAULT_T5_TOKENS)),
-                  int(meta.get("num_inference_steps", DEFAULT_STEPS)))
+        try:
+            n_t5, steps = (int(meta.get("n_t5_tokens", DEFAULT_T5_TOKENS)),
+                           int(meta.get("num_inference_steps", DEFAULT_STEPS)))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise DecoderError(one_line(f"{folder / META_FILE}: bad entry ({e})")) from e
+        dec = cls(pipe, n_t5, steps)
         dec._check_widths(folder)
         return dec
 
