@@ -209,10 +209,14 @@ class MuMuPipeline:
                duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
                template: bool = True) -> Answer:
-        if not prompt or not prompt.strip():
-            raise ValueError("empty prompt")
-        if music and duration <= 0:
-            raise ValueError(f"duration must be positive, got {duration}")
+        import math
+
+        from .errors import UserError
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty (--prompt / \"prompt\")")
+        if music and not (isinstance(duration, (int, float)) and not isinstance(duration, bool)
+                          and math.isfinite(duration) and duration > 0):
+            raise UserError(f"--duration must be a positive number of seconds, got {duration!r}")
         t0 = time.perf_counter()
         feats = self.features(audio, image, video)
         t1 = time.perf_counter()
