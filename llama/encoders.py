@@ -168,7 +168,7 @@ class FrozenEncoder(nn.Module):
 class MusicEncoder(FrozenEncoder):
     """MERT: all hidden states (embeddings + every layer) of a mono waveform, 75 frames/s at 24 kHz."""
 
-    def __init__(self, model, processor, device="cpu", dtype=torch.float32, window_seconds: float = 30.0):
+    def __init__(self, model, processor, device="cpu", dtype=torch.float32, window_seconds: float = 60.0):
         super().__init__(model, processor, device, dtype)
         c = model.config
         self.n_layers = self.n_pool = c.num_hidden_layers + 1
@@ -181,7 +181,7 @@ class MusicEncoder(FrozenEncoder):
 
     @classmethod
     def from_pretrained(cls, folder, trust_remote_code: bool = False, device="cpu",
-                        dtype=torch.float32, window_seconds: float = 30.0) -> "MusicEncoder":
+                        dtype=torch.float32, window_seconds: float = 60.0) -> "MusicEncoder":
         from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
         folder, cfg = _read_config(folder, "MERT")
@@ -200,8 +200,9 @@ class MusicEncoder(FrozenEncoder):
     def encode(self, wave: np.ndarray) -> torch.Tensor:
         """(T,) float waveform at `sampling_rate` -> (L+1, frames, width), the whole clip.
 
-        Long clips are encoded in windows of `window_seconds` and the frames concatenated, so
-        memory stays bounded and nothing past the first window is dropped.
+        Clips up to `window_seconds` (60 s) are encoded in one pass, exactly as the published
+        model does (it encodes the first <= 60 s at once); longer clips, which it cut off, are
+        encoded in 60 s windows and the frames concatenated, so nothing past a minute is dropped.
         """
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
         if wave.size == 0:
