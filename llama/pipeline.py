@@ -271,4 +271,7 @@ def build_config(paths: BundlePaths, llama_cfg, vocab_size: int) -> MuMuConfig:
                                f"(variant {found}), but variant {paths.variant} was asked for")
         check_music_decoder(shapes, paths.music_decoder, where)
         cfg = config_from_published(shapes, cfg, where)
+    if cfg.llama.n_adapter_layers > cfg.llama.n_layers:
+        raise CheckpointError(f"{paths.llama_dir}: a LLaMA of {cfg.llama.n_layers} layers, but the model puts "
+                              f"its adapters into the last {cfg.llama.n_adapter_layers} (preset {paths.preset})")
     return cfg

@@ -249,3 +249,10 @@ def test_config_comes_from_the_checkpoint_and_an_explicit_other_flavour_is_refus
     with pytest.raises(FlavourError, match="trained for musicgen"):
         build_config(BundlePaths(llama_dir=tmp_path, checkpoint=path, music_decoder="audioldm2"), tiny,
                      tiny.vocab_size)
+
+
+def test_a_llama_shallower_than_the_adapter_layers_is_one_line(tmp_path):
+    from llama.pipeline import BundlePaths, build_config
+    shallow = LLaMAConfig(dim=64, n_layers=16, n_heads=4)
+    with pytest.raises(CheckpointError, match="16 layers.*last 18"):
+        build_config(BundlePaths(llama_dir=tmp_path), shallow, 512)
