@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .adapters import ModalityAdapter
 from .config import MuMuConfig
+from .errors import UserError
 from .llama import KVCache, Transformer
 from .projector import OutputProjector
 
@@ -152,8 +153,9 @@ class MuMuLLaMA(nn.Module):
         longest = max(len(p) for p in prompts)
         capacity = longest + max_new_tokens + n_aud          # room for a full [AUD] run
         if capacity > L.max_seq_len:
-            raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
-                             f"context of {L.max_seq_len} tokens")
+            raise UserError(f"prompt of {longest} tokens + {max_new_tokens} new tokens (+{n_aud} for music) "
+                            f"exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
+                            f"--max-new-tokens")
         seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
         mask = torch.ones_like(seq, dtype=torch.bool)
         for b, p in enumerate(prompts):                       # left padding keeps the ends aligned

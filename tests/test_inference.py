@@ -11,6 +11,7 @@ import soundfile as sf
 from PIL import Image
 
 import inference
+from llama.errors import UserError
 from llama.examples import write_examples
 from llama.media import MediaError
 from llama.pipeline import BundlePaths, MuMuPipeline
@@ -87,7 +88,7 @@ def test_bad_media_are_one_line_errors(pipe, media, kind, name, reason):
 
 
 def test_prompt_longer_than_the_context_is_refused(pipe):
-    with pytest.raises(ValueError, match="context"):
+    with pytest.raises(UserError, match="context"):
         pipe.answer("music " * 2000, max_new_tokens=3)
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from llama.errors import UserError
 from llama.config import preset
 from llama.mumu_llama import MuMuLLaMA
 
@@ -84,7 +85,7 @@ def test_sampling_is_seeded(model):
 
 
 def test_prompt_longer_than_context_is_refused(model):
-    with pytest.raises(ValueError, match="context"):
+    with pytest.raises(UserError, match="context"):
         model.generate([[1] * 600], feats(), max_new_tokens=4)
 
 
