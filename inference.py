@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_argument_group("weights")
     src.add_argument("--ckpt-dir", type=Path, default=None,
                      help="checkpoint bundle folder with bundle.json (default: the tiny bundle, built if missing)")
-    src.add_argument("--llama-dir", type=Path, help="folder with tokenizer.model and <llama-type>/params.json")
+    src.add_argument("--llama-dir", type=Path, help="LLaMA folder: tokenizer.model + <llama-type>/ in Meta (params.json) or Hugging Face (config.json + safetensors) format, or itself an HF folder")
     src.add_argument("--llama-type", help="subfolder of --llama-dir holding the weights, e.g. 7B")
     src.add_argument("--mert-path", type=Path, dest="mert")
     src.add_argument("--vit-path", type=Path, dest="vit")
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--music-decoder-path", type=Path)
     src.add_argument("--checkpoint", type=Path, help="published M2UGen/MuMu-LLaMA checkpoint.pth")
     src.add_argument("--mumu", type=Path, help="our trained weights folder (model.safetensors + config.json)")
-    src.add_argument("--variant", choices=["mumu", "m2ugen"], help="adapter pooling of the checkpoint")
+    src.add_argument("--variant", choices=["mumu", "m2ugen"], help="flavour of --checkpoint (default: read off the file; refused if the file is the other one)")
     src.add_argument("--trust-remote-code", action="store_true",
                      help="allow running the code shipped in a model folder (needed by real MERT)")
     req = p.add_argument_group("one request")
