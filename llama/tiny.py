@@ -263,8 +263,33 @@ def build_tiny_bundle(out_dir: str | Path, seed: int = 0, force: bool = False) -
     return out
 
 
-def ensure_tiny_bundle(path: str | Path = "ckpts/tiny", seed: int = 0) -> Path:
-    """Build the bundle at `path` if it is missing; return its path."""
+# The trained tiny default: the bundle after `make synth` (pretrained stand-ins + stages 1-3 on the
+# synthetic world), shipped in the repo and refreshed by `make ship-default`. Same formats.
+TRAINED_DEFAULT = Path(__file__).resolve().parents[1] / "assets" / "tiny_trained"
+
+
+def install_trained_default(out_dir: str | Path, source: Path | None = None) -> Path:
+    """Copy the shipped trained bundle to `out_dir` (whole or not at all)."""
+    out, source = Path(out_dir), source or TRAINED_DEFAULT
+    if not (source / BUNDLE_FILE).is_file():
+        raise FileNotFoundError(f"{source}: no trained default bundle here (run make synth && make ship-default)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copytree(source, tmp / "b")
+        (tmp / "b").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_tiny_bundle(path: str | Path = "ckpts/tiny", seed: int = 0, trained: bool = True) -> Path:
+    """The bundle at `path`; if missing, the shipped trained default (when `trained` and present),
+    else a random one built here."""
+    if (Path(path) / BUNDLE_FILE).exists():
+        return Path(path)
+    if trained and (TRAINED_DEFAULT / BUNDLE_FILE).is_file():
+        return install_trained_default(path)
     return build_tiny_bundle(path, seed=seed, force=False)
 
 
@@ -273,10 +298,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir", type=Path, nargs="?", default=Path("ckpts/tiny"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if the bundle exists")
+    ap.add_argument("--trained", action="store_true",
+                    help=f"install the shipped trained default ({TRAINED_DEFAULT.name}) instead of random weights")
     args = ap.parse_args(argv)
     existed = (args.out_dir / BUNDLE_FILE).exists()
-    out = build_tiny_bundle(args.out_dir, seed=args.seed, force=args.force)
-    print(f"{'kept existing' if existed and not args.force else 'built'} tiny bundle at {out}")
+    if existed and not args.force:
+        print(f"kept existing tiny bundle at {args.out_dir}")
+    elif args.trained:
+        if existed:
+            shutil.rmtree(args.out_dir)
+        print(f"installed the trained tiny default at {install_trained_default(args.out_dir)}")
+    else:
+        print(f"built tiny bundle at {build_tiny_bundle(args.out_dir, seed=args.seed, force=args.force)}")
     return 0
 
 

@@ -130,3 +130,17 @@ def test_full_bundle(tmp_path):
     tiny.main([str(out), "--force", "--seed", "1"])
     assert (out / "LLaMA/tiny/consolidated.00.pth").read_bytes() != \
         (again / "LLaMA/tiny/consolidated.00.pth").read_bytes()
+
+
+def test_missing_default_is_the_shipped_trained_bundle_when_there_is_one(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_bundle, shipped)
+    (shipped / "marker.txt").write_text("trained")
+    monkeypatch.setattr(tiny, "TRAINED_DEFAULT", shipped)
+    out = tiny.ensure_tiny_bundle(tmp_path / "ckpts" / "tiny")
+    assert (out / "marker.txt").read_text() == "trained" and (out / "bundle.json").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]      # no temp left
+    monkeypatch.setattr(tiny, "TRAINED_DEFAULT", tmp_path / "absent")
+    random = tiny.ensure_tiny_bundle(tmp_path / "other")                          # none shipped: built
+    assert (random / "bundle.json").is_file() and not (random / "marker.txt").exists()
