@@ -140,6 +140,7 @@ class Trainer:
         self.save_names = sorted(set(self.names) | set(inherited))
         model.train()
         self.scale = cfg.bridge_scale if cfg.bridge_scale is not None else model.cfg.bridge_scale
+        model.cfg.bridge_scale = self.scale     # saved in config.json: generation divides by it
 
         for r in reports:
             self.log(r.line())

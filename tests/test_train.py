@@ -49,7 +49,10 @@ def test_three_stages_chain_on_every_format(tiny_bundle, data, tmp_path, capsys)
     assert run_train("--stage", 1, "--out", tmp_path / "s1", *common) == 0
     err = capsys.readouterr().err
     assert "mucaps: 4 read, 2 kept, 2 skipped (empty caption: 1, media file missing: 1)" in err
-    assert run_train("--stage", 2, "--out", tmp_path / "s2", "--init-from", tmp_path / "s1" / "final", *common) == 0
+    assert run_train("--stage", 2, "--out", tmp_path / "s2", "--init-from", tmp_path / "s1" / "final",
+                     "--bridge-scale", 2.5, *common) == 0
+    # generation divides the projector output by the scale it was trained with
+    assert json.loads((tmp_path / "s2" / "final" / "config.json").read_text())["bridge_scale"] == 2.5
     assert run_train("--stage", 3, "--out", tmp_path / "s3", "--init-from", tmp_path / "s2" / "final", *common) == 0
     err = capsys.readouterr().err
     assert "muedit: 4 read, 2 kept, 2 skipped" in err and "alpaca: 6 read, 4 kept" in err

@@ -30,11 +30,17 @@ class StageSettings:
     lr: float
     batch_size: int = 8
     warmup_steps: int = 10
+    # The stand-in T5's outputs are ~1 rms, so 1x keeps the bridge MSE near the size of the
+    # cross-entropy, which is what the published 10x does for a real T5's small outputs (a
+    # belief about real T5 scales, not measured here). At 10x the bridge gradient swamps the
+    # answers' (clipped together), and stage 3 learns no answers.
+    bridge_scale: float = 1.0
 
 
-# Chosen once for the tiny model on this world (not per evaluation): stage 1 learns the adapters
-# from captions and answers, stage 2 the projector, stage 3 the instructions.
-STAGES = {1: StageSettings(epochs=4, lr=3e-3), 2: StageSettings(epochs=30, lr=3e-3),
+# Chosen for the tiny model on this world, by hand, from the training losses and two quick looks
+# at 20 captions (4 vs 12 stage-1 epochs, train and held-out): stage 1 learns the adapters from
+# captions, stage 2 the projector, stage 3 the instructions. Not searched against the report.
+STAGES = {1: StageSettings(epochs=12, lr=3e-3), 2: StageSettings(epochs=30, lr=3e-3),
           3: StageSettings(epochs=3, lr=2e-3)}
 TARGETS = {"answers_from_audio.instrument": 0.9, "answers_from_audio.tempo": 0.8,
            "music_from_image.mean": 0.8, "music_from_video.mean": 0.8,
@@ -58,7 +64,7 @@ def train_stage(out: Path, stage: int, settings: StageSettings, seed: int) -> Pa
             "--ckpt-dir", str(out / "bundle"), "--out", str(run), "--epochs", str(settings.epochs),
             "--lr", str(settings.lr), "--min-lr", str(settings.lr / 20), "--batch-size", str(settings.batch_size),
             "--warmup-steps", str(settings.warmup_steps), "--seed", str(seed), "--save-every", "50",
-            "--mixed-precision", "no"]
+            "--mixed-precision", "no", "--bridge-scale", str(settings.bridge_scale)]
     if stage > 1:
         args += ["--init-from", str(out / "runs" / f"stage{stage - 1}" / "final")]
     if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
