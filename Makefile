@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test tiny bench clean app
+.PHONY: setup demo test tiny bench clean app synth ship-default
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,10 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
+# The trained tiny default when one is shipped in assets/tiny_trained (`make ship-default`),
+# else random weights built here.
 ckpts/tiny/bundle.json: $(VENV)/.installed
-	$(PY) -m llama.tiny ckpts/tiny
+	$(PY) -m llama.tiny ckpts/tiny --trained
 
 tiny: ckpts/tiny/bundle.json
 
@@ -34,6 +36,17 @@ demo: tiny
 	$(PY) inference.py --prompt "Compose a short piece for this picture." --image assets/generated/image.png \
 		--music --music-decoder audioldm2 --duration 2 --output outputs/demo/audioldm2.wav
 	@echo "answers: outputs/demo/results.jsonl   music: outputs/demo/*.wav"
+
+# The learning proof on the synthetic world: world -> stand-ins -> stages 1-3 -> held-out report
+# (outputs/synth/report.json, report.png) and a trained bundle (outputs/synth/trained_bundle).
+synth: setup
+	$(PY) -m DataSet.synth.proof outputs/synth --size 200
+
+# Replace the shipped trained default and demo requests with those of the last `make synth`.
+ship-default: synth
+	rm -rf assets/tiny_trained assets/demo
+	cp -r outputs/synth/trained_bundle assets/tiny_trained
+	$(PY) -m DataSet.synth.demo outputs/synth/world/heldout assets/demo
 
 # The browser chat demo on the tiny bundle; binds 127.0.0.1 (python gradio_app.py --help for more).
 app: tiny

@@ -299,12 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if the bundle exists")
     ap.add_argument("--trained", action="store_true",
-                    help=f"install the shipped trained default ({TRAINED_DEFAULT.name}) instead of random weights")
+                    help=f"install the shipped trained default (assets/{TRAINED_DEFAULT.name}) if there is one")
     args = ap.parse_args(argv)
     existed = (args.out_dir / BUNDLE_FILE).exists()
     if existed and not args.force:
         print(f"kept existing tiny bundle at {args.out_dir}")
-    elif args.trained:
+    elif args.trained and (TRAINED_DEFAULT / BUNDLE_FILE).is_file():
         if existed:
             shutil.rmtree(args.out_dir)
         print(f"installed the trained tiny default at {install_trained_default(args.out_dir)}")
