@@ -2,9 +2,10 @@
 
 One request:   python inference.py --prompt "Describe this music." --audio song.flac
 Make music:    python inference.py --prompt "Write a calm piano piece." --music --duration 10 --output out.wav
-Batch:         python inference.py --input requests.jsonl --output-dir results/
+Batch:         python inference.py --input requests.jsonl --output-dir results/ --batch-size 8
                (one JSON object per line: id, prompt, audio/image/video paths, music, duration;
                writes results.jsonl + WAVs; a rerun skips requests already answered)
+Many GPUs:     accelerate launch --num_processes 4 inference.py --input requests.jsonl --output-dir results/
 With no --ckpt-dir the tiny offline bundle in ckpts/tiny is used (built on first use).
 """
 from __future__ import annotations
@@ -42,6 +43,19 @@ def _option(name: str):
     return convert
 
 
+def _positive(name: str):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not 1 <= value <= 4096:
+            raise argparse.ArgumentTypeError(f"must be between 1 and 4096, got {value}")
+        return value
+    convert.__name__ = name
+    return convert
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("weights")
@@ -69,6 +83,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     batch = p.add_argument_group("batch")
     batch.add_argument("--input", type=Path, help="requests JSONL")
     batch.add_argument("--output-dir", type=Path, help="where results.jsonl and WAVs go")
+    batch.add_argument("--batch-size", type=_positive("--batch-size"), default=1,
+                       help="requests answered together (grouped by modality mix and prompt length); "
+                            "each answer is the one it gets alone")
+    gen_speed = p.add_argument_group("speed")
+    gen_speed.add_argument("--compile", action="store_true",
+                           help="compiled one-token decode step over a preallocated KV cache (torch.compile); "
+                                "same tokens, first request pays the compile time")
     gen = p.add_argument_group("generation (also the defaults of batch requests)")
     gen.add_argument("--music", action="store_true", help="always produce music (append [AUD0..7])")
     gen.add_argument("--duration", type=_option("duration"), default=5.0, help="seconds of music")
@@ -173,7 +194,11 @@ def run_one(args) -> int:
         check_output_file(output)
     pipe = load_pipeline(args)
     check_against(pipe, req)
-    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
+    step = None
+    if args.compile:
+        from llama.compiled_decode import CompiledDecode
+        step = CompiledDecode.for_model(pipe.model)
+    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), decode_step=step)
     print(display_text(ans.text) or "(no text)", flush=True)
     if ans.audio is not None:
         check_output_file(output)
@@ -224,60 +249,102 @@ def read_requests(path: Path, defaults: dict) -> tuple[list[tuple], list[str]]:
 
 
 def run_batch(args) -> int:
+    """Answer a JSONL; under `accelerate launch` each process answers its share into a part file
+    that rank 0 merges (llama/distributed_parts.py)."""
+    from llama.distributed_parts import Ranks
+
+    ranks = Ranks.from_env()
+    args.device = ranks.device(args.device)
+    ranks.start()
+    try:
+        return _run_batch(args, ranks)
+    finally:
+        ranks.stop()
+
+
+def _run_batch(args, ranks) -> int:
     from tqdm import tqdm
 
+    from llama.batch_runner import BatchSettings, run_in_order
+    from llama.distributed_parts import merge_parts, run_lock
     from llama.errors import UserError, one_line
-    from llama.request_schema import GEN_FIELDS, check_against
-    from llama.safe_paths import (Journal, OutputError, SafeNames, clean_stale_temps, ensure_writable_dir,
-                                  folder_lock, inside, write_wav)
+    from llama.request_schema import GEN_FIELDS
+    from llama.safe_paths import Journal, OutputError, SafeNames, clean_stale_temps, ensure_writable_dir, inside, write_wav
 
     out_dir = ensure_writable_dir(args.output_dir)
-    with folder_lock(out_dir):
-        stale = clean_stale_temps(out_dir)
+    say = (lambda msg: print(msg, file=sys.stderr)) if ranks.main else (lambda msg: None)
+    with run_lock(ranks, out_dir):
         entries, problems = read_requests(args.input, {k: getattr(args, k) for k in GEN_FIELDS})
-        for msg in problems:
-            print(f"skipped: {one_line(msg)}", file=sys.stderr)
+        order = {rid: n for n, (rid, _) in enumerate(entries)}
+        journal = Journal(out_dir / "results.jsonl")
+        if ranks.main:                       # repairs happen here, before any rank reads or writes
+            stale = clean_stale_temps(out_dir)
+            merged, dropped = merge_parts(out_dir, order)
+            records, torn, unreadable = journal.read()
+            for msg in problems:
+                say(f"skipped: {one_line(msg)}")
+            if merged or dropped:
+                say(f"{out_dir}: merged {merged} records left in part files by an interrupted run "
+                    f"({dropped} torn or unreadable lines dropped; those requests run again)")
+            if torn or unreadable or stale:
+                say(f"{journal.path}: repaired {torn} torn last line, {unreadable} unreadable lines ignored, "
+                    f"{stale} stale temp files removed; those requests run again")
+            if args.ckpt_dir is None and ranks.world > 1:
+                from llama.tiny import ensure_tiny_bundle
+                ensure_tiny_bundle(DEFAULT_CKPT)            # built once, not by every rank at once
+        ranks.barrier()
+        if not ranks.main:
+            records = journal.read()[0]
         names = SafeNames()
         wav_name = {rid: names(rid) for rid, _ in entries}     # file order: stable across reruns
-        journal = Journal(out_dir / "results.jsonl")
-        records, torn, unreadable = journal.read()
-        if torn or unreadable or stale:
-            print(f"{journal.path}: repaired {torn} torn last line, {unreadable} unreadable lines ignored, "
-                  f"{stale} stale temp files removed; those requests run again", file=sys.stderr)
         done = {str(r.get("id")) for r in records if r.get("error") is None}
         todo = [(rid, req) for rid, req in entries if rid not in done]
-        print(f"{len(entries)} requests: {len(entries) - len(todo)} already done, {len(todo)} to run, "
-              f"{len(problems)} unreadable lines skipped", file=sys.stderr)
-        if not todo:
-            return 1 if problems else 0
-        pipe = load_pipeline(args) if any(not isinstance(req, Exception) for _, req in todo) else None
-        failed = 0
-        with journal:
-            for rid, req in tqdm(todo, desc="requests", unit="req", file=sys.stderr):
-                rec = {"id": rid, "wav": None, "prompt": getattr(req, "prompt", None), "answer": None,
-                       "error": None}
-                try:
-                    if isinstance(req, Exception):
-                        raise req
-                    check_against(pipe, req)
-                    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
-                    rec["answer"] = ans.text
-                    rec["timings"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ans.timings.items()}
-                    if ans.audio is not None:
-                        write_wav(inside(out_dir, wav_name[rid]), ans.audio, ans.sample_rate)
-                        rec["wav"], rec["sample_rate"] = wav_name[rid], ans.sample_rate
-                        rec["audio_seconds"] = round(len(ans.audio) / ans.sample_rate, 4)
-                except OutputError:
-                    raise                            # disk full, folder gone: no later request can be kept
-                except UserError as e:               # this request's fault: record it, go on
-                    failed += 1
-                    rec["error"] = one_line(str(e))
-                    print(f"request {one_line(rid, 80)}: {rec['error']}", file=sys.stderr)
-                journal.append(rec)
-                if rec["error"] is None:
-                    shown = display_text(rec["answer"]).replace("\n", " / ") or "(no text)"
-                    print(f"[{one_line(rid, 80)}] {shown}" + (f"  -> {rec['wav']}" if rec["wav"] else ""))
-    print(f"done: {len(todo) - failed} answered, {failed} failed -> {journal.path}", file=sys.stderr)
+        say(f"{len(entries)} requests: {len(entries) - len(todo)} already done, {len(todo)} to run, "
+            f"{len(problems)} unreadable lines skipped" + (f"; {ranks.world} processes" if ranks.world > 1 else ""))
+        mine, failed, pipe = ranks.share(todo), 0, None
+
+        def get_pipe():
+            nonlocal pipe
+            if pipe is None:
+                pipe = load_pipeline(args)
+                if args.compile:
+                    from llama.compiled_decode import CompiledDecode
+                    settings.decode_step = CompiledDecode.for_model(pipe.model)
+            return pipe
+
+        def emit(rid, req, res):
+            nonlocal failed
+            rec = {"id": rid, "wav": None, "prompt": getattr(req, "prompt", None), "answer": None, "error": None}
+            if isinstance(res, OutputError):
+                raise res                            # disk full, folder gone: no later request can be kept
+            if isinstance(res, UserError):           # this request's fault: record it, go on
+                failed += 1
+                rec["error"] = one_line(str(res))
+                print(f"request {one_line(rid, 80)}: {rec['error']}", file=sys.stderr)
+            else:
+                rec["answer"] = res.text
+                rec["timings"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.timings.items()}
+                if res.audio is not None:
+                    write_wav(inside(out_dir, wav_name[rid]), res.audio, res.sample_rate)
+                    rec["wav"], rec["sample_rate"] = wav_name[rid], res.sample_rate
+                    rec["audio_seconds"] = round(len(res.audio) / res.sample_rate, 4)
+            part.append(rec)
+            if rec["error"] is None:
+                shown = display_text(rec["answer"]).replace("\n", " / ") or "(no text)"
+                print(f"[{one_line(rid, 80)}] {shown}" + (f"  -> {rec['wav']}" if rec["wav"] else ""))
+
+        settings = BatchSettings(batch_size=args.batch_size)
+        if mine:
+            part = Journal(ranks.part(out_dir))
+            with part, tqdm(total=len(mine), desc="requests", unit="req", file=sys.stderr,
+                            disable=not ranks.main) as bar:
+                run_in_order(mine, get_pipe, settings, emit, bar)
+        ranks.barrier()
+        if ranks.world > 1 and ranks.main:
+            merge_parts(out_dir, order)
+    if todo:
+        where = ranks.part(out_dir)
+        print(f"done: {len(mine) - failed} answered, {failed} failed -> {where}", file=sys.stderr)
     return 1 if failed or problems else 0
 
 

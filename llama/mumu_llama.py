@@ -137,23 +137,30 @@ class MuMuLLaMA(nn.Module):
     # ---------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], feats: dict | None = None, present: dict | None = None,
-                 max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.9,
-                 eos_id: int = 2, force_music: bool = False, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> GenerationResult:
+                 max_new_tokens: int | list[int] = 128, temperature: float = 0.0, top_p: float = 0.9,
+                 eos_id: int = 2, force_music: bool | list[bool] = False, use_cache: bool = True,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 decode_step=None) -> GenerationResult:
         """Decode up to `max_new_tokens` per prompt (left-padded batch).
 
         When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow
         in turn. The projector reads, for each [AUD_k], the pre-norm state of the last position of
         the step that chose it (as published), so [AUD7] itself is never fed.
         use_cache=False recomputes the whole sequence per token (reference for tests/benchmarks).
+        max_new_tokens / force_music may be given per prompt, and `generator` as one generator
+        per prompt: each row then samples from its own stream, so a sampled answer does not depend
+        on its batch-mates (batched inference relies on this). `decode_step` (see
+        `llama.compiled_decode`) replaces the cached one-token step, e.g. by a compiled one.
         """
         L = self.cfg.llama
         B, device = len(prompts), self.prefix_query.weight.device
         n_aud, aud_set, aud0 = L.n_aud_tokens, set(self.aud_ids), self.aud_ids[0]
+        max_new = _per_row(max_new_tokens, B, "max_new_tokens")
+        force = _per_row(force_music, B, "force_music")
         longest = max(len(p) for p in prompts)
-        capacity = longest + max_new_tokens + n_aud          # room for a full [AUD] run
+        capacity = longest + max(max_new) + n_aud             # room for a full [AUD] run
         if capacity > L.max_seq_len:
-            raise UserError(f"prompt of {longest} tokens + {max_new_tokens} new tokens (+{n_aud} for music) "
+            raise UserError(f"prompt of {longest} tokens + {max(max_new)} new tokens (+{n_aud} for music) "
                             f"exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
                             f"--max-new-tokens")
         seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
@@ -165,6 +172,8 @@ class MuMuLLaMA(nn.Module):
         prefixes = self.prefix_inputs(B, feats or {}, present)
         adapter_res = self.llm.adapter_residuals(prefixes)    # computed once for the whole decode
         cache = KVCache.allocate(L, B, capacity, device, prefixes.dtype) if use_cache else None
+        step = decode_step.bind(self.llm, adapter_res, cache, mask if padded else None) \
+            if decode_step is not None and use_cache else None
 
         generated: list[list[int]] = [[] for _ in range(B)]
         aud_hidden: list[list[torch.Tensor]] = [[] for _ in range(B)]
@@ -172,7 +181,9 @@ class MuMuLLaMA(nn.Module):
         end, inp = longest, seq[:, :longest]
         while True:
             km = mask[:, :end] if padded else None
-            if use_cache:
+            if step is not None and end > longest:            # one new token per row
+                logits, hidden = step(inp, end - 1)
+            elif use_cache:
                 logits, hidden = self.llm(inp, adapter_res, cache, key_mask=km, logits_for="last")
             else:
                 logits, hidden = self.llm(seq[:, :end], adapter_res, key_mask=km, logits_for="last")
@@ -188,8 +199,8 @@ class MuMuLLaMA(nn.Module):
                     t = int(sampled[b])
                     if t in aud_set:                          # any [AUDk] starts the run at [AUD0]
                         t = aud0
-                    elif t == eos_id or len(g) >= max_new_tokens:
-                        if not force_music:
+                    elif t == eos_id or len(g) >= max_new[b]:
+                        if not force[b]:
                             done[b] = True
                             continue
                         t = aud0
@@ -218,13 +229,26 @@ class MuMuLLaMA(nn.Module):
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-        """Greedy at temperature 0, else nucleus sampling (Meta's `sample_top_p`)."""
+                generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """Greedy at temperature 0, else nucleus sampling (Meta's `sample_top_p`); a list of
+        generators samples row b from generator[b] alone."""
         if temperature <= 0:
             return logits.argmax(-1).cpu()
+        if isinstance(generator, (list, tuple)):
+            return torch.cat([MuMuLLaMA._sample(logits[b:b + 1], temperature, top_p, g)
+                              for b, g in enumerate(generator)])
         probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)
         return idx.gather(-1, choice).squeeze(-1)
+
+
+def _per_row(value, batch: int, name: str) -> list:
+    """A setting given once for the batch or once per row -> one value per row."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch:
+            raise ValueError(f"{name}: {len(value)} values for a batch of {batch}")
+        return list(value)
+    return [value] * batch

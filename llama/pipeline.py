@@ -208,15 +208,8 @@ class MuMuPipeline:
     def answer(self, prompt: str, audio=None, image=None, video=None, music: bool = False,
                duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
-               template: bool = True) -> Answer:
-        import math
-
-        from .errors import UserError
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("the prompt is empty (--prompt / \"prompt\")")
-        if music and not (isinstance(duration, (int, float)) and not isinstance(duration, bool)
-                          and math.isfinite(duration) and duration > 0):
-            raise UserError(f"--duration must be a positive number of seconds, got {duration!r}")
+               template: bool = True, decode_step=None) -> Answer:
+        check_answer_settings(prompt, music, duration)
         t0 = time.perf_counter()
         feats = self.features(audio, image, video)
         t1 = time.perf_counter()
@@ -224,7 +217,7 @@ class MuMuPipeline:
         gen = torch.Generator().manual_seed(seed)
         result = self.model.generate([ids], feats, max_new_tokens=max_new_tokens, temperature=temperature,
                                      top_p=top_p, eos_id=self.tokenizer.eos_id, force_music=music,
-                                     generator=gen)
+                                     generator=gen, decode_step=decode_step)
         t2 = time.perf_counter()
         out = Answer(self.tokenizer.decode(result.tokens[0]).strip(), result.tokens[0])
         out.timings = {"encode_s": t1 - t0, "generate_s": t2 - t1, "new_tokens": len(result.tokens[0])}
@@ -233,10 +226,29 @@ class MuMuPipeline:
             decoder = self.decoder()
             kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
             wave = decoder.render_projected(cond[None] / self.model.cfg.bridge_scale, duration=duration,
-                                            seed=seed, **kwargs)
+                                            seeds=[seed], **kwargs)
             out.audio, out.sample_rate = wave[0], decoder.sampling_rate
             out.timings["render_s"] = time.perf_counter() - t2
         return out
+
+    def answer_batch(self, requests: list, decode_step=None) -> list:
+        """Requests (llama.request_schema.Request) sharing temperature and top_p, answered in one
+        batch: an Answer per request, or the UserError that request failed with. Each answer is
+        the one `answer` gives that request alone (see llama.batch_runner.answer_group)."""
+        from .batch_runner import answer_group
+        return answer_group(self, requests, decode_step)
+
+
+def check_answer_settings(prompt, music: bool, duration) -> None:
+    """What `answer` refuses before any work: an empty prompt, a bad duration for music."""
+    import math
+
+    from .errors import UserError
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError("the prompt is empty (--prompt / \"prompt\")")
+    if music and not (isinstance(duration, (int, float)) and not isinstance(duration, bool)
+                      and math.isfinite(duration) and duration > 0):
+        raise UserError(f"--duration must be a positive number of seconds, got {duration!r}")
 
 
 # LLaMAConfig fields that are ours (tuning, added tokens), not the base model's shape.

@@ -216,14 +216,15 @@ class AudioLDM2Decoder:
                duration: float, steps: int | None = None, guidance_scale: float = DEFAULT_GUIDANCE,
                seed: int | None = None, num_waveforms: int = 1, all_waveforms: bool = False,
                negative_prompt: str | list[str] | None = None,
-               attention_mask: torch.Tensor | None = None) -> np.ndarray:
+               attention_mask: torch.Tensor | None = None, seeds: list[int] | None = None) -> np.ndarray:
         """Audio (B, round(duration * 16000)) float32, or (B, num_waveforms, n) with all_waveforms.
 
         prompt_embeds (B, n_t5, T5 width), generated_prompt_embeds (B, 8, GPT-2 width);
         attention_mask (B, n_t5), 1 = attend, default all ones. Classifier-free guidance
         (guidance_scale > 1) contrasts with zero embeddings, or with the pipeline's own encoding
         of `negative_prompt` if given (which runs the text encoders and GPT-2; ignored without
-        guidance, as in diffusers).
+        guidance, as in diffusers). `seeds` (one per row, instead of `seed`) draws each row's
+        noise from its own generator, so a row's noise does not depend on its batch-mates.
         """
         settings = self._settings(duration, steps, guidance_scale, num_waveforms)
         B = self._check_embeds(prompt_embeds, generated_prompt_embeds)
@@ -249,6 +250,10 @@ class AudioLDM2Decoder:
                               negative_attention_mask=torch.ones_like(mask))
             else:
                 kwargs.update(self._encode_negative(self._negatives(negative_prompt, B), kwargs))
+        if seeds is not None:
+            if seed is not None or len(seeds) != B or settings[3] != 1:
+                raise DecoderError(f"seeds: one per row and one waveform each ({len(seeds)} seeds, batch {B})")
+            seed = [int(s) for s in seeds]
         return self._call(kwargs, B, *settings, seed, all_waveforms)
 
     def _check_embeds(self, prompt, generated) -> int:
@@ -310,9 +315,13 @@ class AudioLDM2Decoder:
 
     @torch.no_grad()
     def _call(self, kwargs: dict, batch: int, n_samples: int, steps: int, guidance_scale: float,
-              num_waveforms: int, seed: int | None, all_waveforms: bool) -> np.ndarray:
-        # a CPU generator gives the same noise on every device; no seed = the global RNG
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+              num_waveforms: int, seed: int | list[int] | None, all_waveforms: bool) -> np.ndarray:
+        # a CPU generator gives the same noise on every device; no seed = the global RNG; a list
+        # of seeds = one generator per row (diffusers draws row i's latents from generator i)
+        if isinstance(seed, list):
+            generator = [torch.Generator().manual_seed(s) for s in seed]
+        else:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
         out = self.pipe(**kwargs, audio_length_in_s=self._length_in_s(n_samples),
                         num_inference_steps=steps, guidance_scale=guidance_scale,
                         num_waveforms_per_prompt=num_waveforms, generator=generator,

@@ -142,11 +142,14 @@ class MusicGenDecoder:
 
     def render(self, cond: torch.Tensor, duration: float, guidance_scale: float = 3.0,
                temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
-               seed: int | None = None, cond_mask: torch.Tensor | None = None) -> np.ndarray:
+               seed: int | None = None, cond_mask: torch.Tensor | None = None,
+               seeds: list[int] | None = None) -> np.ndarray:
         """Audio (B, round(duration * sampling_rate)) float32 conditioned on `cond`.
 
         cond: (B, cond_tokens, cond_dim), the projector output already divided by the bridge
-        scale. cond_mask: (B, cond_tokens), 1 = attend; default all ones.
+        scale. cond_mask: (B, cond_tokens), 1 = attend; default all ones. `seeds` (one per row,
+        instead of `seed`) samples each row from its own generator, so a row's audio does not
+        depend on the rest of the batch (batched inference).
         """
         want = (self.cond_tokens, self.cond_dim)
         if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or tuple(cond.shape[1:]) != want:
@@ -173,11 +176,12 @@ class MusicGenDecoder:
         kwargs = dict(inputs=dummy, attention_mask=mask,
                       encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
         return self._generate(kwargs, B, duration, guidance_scale, temperature, top_k,
-                              do_sample, seed)
+                              do_sample, seed, seeds)
 
     @torch.no_grad()
     def _generate(self, kwargs: dict, batch: int, duration: float, guidance_scale: float,
-                  temperature: float, top_k: int, do_sample: bool, seed: int | None) -> np.ndarray:
+                  temperature: float, top_k: int, do_sample: bool, seed: int | None,
+                  seeds: list[int] | None = None) -> np.ndarray:
         n_samples = duration_samples(duration, self.sampling_rate)
         hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
         frames = math.ceil(n_samples / hop)
@@ -186,10 +190,19 @@ class MusicGenDecoder:
         max_new_tokens = frames + per_channel - 1
         sampling = dict(do_sample=True, temperature=temperature, top_k=top_k) if do_sample else \
             dict(do_sample=False, temperature=None, top_k=None)
+        if seeds is not None:
+            if seed is not None or len(seeds) != batch:
+                raise DecoderError(f"give either seed or one seed per row ({len(seeds)} seeds, batch {batch})")
+            if do_sample:       # sampled by our processor; generate's own step is then an argmax
+                codebooks = self.model.decoder.num_codebooks
+                sampling = dict(do_sample=False, temperature=None, top_k=None,
+                                logits_processor=_SamplerLast([PerRowSampler(seeds, codebooks, temperature, top_k)]))
         # a seed forks the RNG so the caller's random stream is untouched; no seed = global RNG
         fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []) \
             if seed is not None else contextlib.nullcontext()
-        with fork:
+        row_wise = _row_wise_codec(self.model.audio_encoder) if seeds is not None and batch > 1 \
+            else contextlib.nullcontext()
+        with fork, row_wise:
             if seed is not None:
                 torch.manual_seed(seed)
             audio = self.model.generate(**kwargs, max_new_tokens=max_new_tokens,
@@ -200,3 +213,67 @@ class MusicGenDecoder:
         n = min(n_samples, audio.shape[1])
         out[:, :n] = audio[:, :n]
         return out
+
+
+@contextlib.contextmanager
+def _row_wise_codec(codec):
+    """Decode codes to audio one request at a time inside generate: the codec's convolutions give
+    a batch of B rows that differ from each row decoded alone in the last bit, and batched
+    inference promises each request the samples it gets alone. The language model, the costly
+    part, stays batched."""
+    batched = codec.decode
+
+    def decode(codes, audio_scales=None, **kw):                       # codes (1, B, K, T)
+        outs = [batched(codes[:, b:b + 1], audio_scales=None if audio_scales is None else
+                        audio_scales[b:b + 1], **kw) for b in range(codes.shape[1])]
+        outs[0].audio_values = torch.cat([o.audio_values for o in outs])  # (B, 1, T)
+        return outs[0]
+
+    codec.decode = decode
+    try:
+        yield
+    finally:
+        del codec.decode                                               # back to the class method
+
+
+def _logits_processor_base():
+    from transformers import LogitsProcessor, LogitsProcessorList
+    return LogitsProcessor, LogitsProcessorList
+
+
+_LogitsProcessor, _LogitsProcessorList = _logits_processor_base()
+
+
+class _SamplerLast(_LogitsProcessorList):
+    """generate() appends its guidance processor to the list it is given; the sampler must stay
+    last, after guidance, where generate's own sampling happens."""
+
+    def append(self, processor) -> None:
+        self.insert(len(self) - 1, processor)
+
+
+class PerRowSampler(_LogitsProcessor):
+    """A logits processor that samples each request's rows from that request's own generator.
+
+    MusicGen's generate draws every row from one RNG, so a row's audio would depend on its
+    batch-mates. This samples the `rows_per_request` consecutive rows of request i (one per
+    codebook) from generator i, as `generate(do_sample=True)` would for that request alone
+    (temperature, then top-k, then softmax and multinomial), and returns scores that are -inf
+    except at the chosen token, for generate's greedy step to pick.
+    """
+
+    def __init__(self, seeds: list[int], rows_per_request: int, temperature: float, top_k: int):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.rows, self.temperature, self.top_k = rows_per_request, temperature, top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature if self.temperature not in (None, 1.0) else scores
+        if self.top_k:                                                    # (B * K, V)
+            k = min(self.top_k, scores.shape[-1])
+            kth = torch.topk(scores, k)[0][..., -1, None]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        probs = torch.softmax(scores, dim=-1).cpu()
+        chosen = torch.cat([torch.multinomial(probs[i * self.rows:(i + 1) * self.rows], 1, generator=g)
+                            for i, g in enumerate(self.generators)])      # (B * K, 1)
+        out = torch.full_like(scores, -float("inf"))
+        return out.scatter_(-1, chosen.to(scores.device), 0.0)

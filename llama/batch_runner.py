@@ -1,0 +1,181 @@
+"""Batched answering: many requests through one `generate()` and one decoder call.
+
+Why batch: a decode step reads every weight once whatever the batch, so B requests cost about
+one on memory-bound hardware. Promise kept: a request's answer (tokens, WAV) is what it gets
+alone, up to fp32 rounding inside the batched products (see `answer_group`), and a request
+that fails (corrupt media, too long) fails alone while its batch-mates are answered.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+from .mumu_llama import MODALITIES
+from .pipeline import Answer, check_answer_settings
+from .request_schema import Request
+from .tokenizer import format_prompt
+
+
+@dataclass
+class BatchSettings:
+    """How requests are grouped. `window` requests (in input order) are regrouped at a time, so
+    results can be written in input order without holding the whole file."""
+
+    batch_size: int = 1
+    window_batches: int = 4
+    decode_step: object | None = None      # llama.compiled_decode.CompiledDecode, or None = eager
+
+    @property
+    def window(self) -> int:
+        return self.batch_size * self.window_batches
+
+
+@dataclass
+class _Live:
+    index: int                              # position in the group
+    req: Request
+    ids: list[int]
+    feats: dict = field(default_factory=dict)   # modality -> encoder features without batch axis
+    encode_s: float = 0.0
+
+
+def group_key(req: Request, n_prompt_tokens: int) -> tuple:
+    """Requests with equal keys can share a `generate()` call (same sampling settings); sorting by
+    it puts equal modality mixes and near prompt lengths together, so little is padded."""
+    mix = tuple(m for m in MODALITIES if getattr(req, m) is not None)
+    return (req.temperature, req.top_p, mix, n_prompt_tokens)
+
+
+def make_batches(items: list[tuple[int, Request, int]], batch_size: int) -> list[list[int]]:
+    """items: (position, request, prompt tokens) -> batches of positions, each batch sharing the
+    sampling settings (temperature, top_p), grouped by modality mix and prompt length."""
+    order = sorted(items, key=lambda it: group_key(it[1], it[2]) + (it[0],))
+    batches: list[list[int]] = []
+    last = None
+    for pos, req, _ in order:
+        settings = (req.temperature, req.top_p)
+        if batches and len(batches[-1]) < batch_size and settings == last:
+            batches[-1].append(pos)
+        else:
+            batches.append([pos])
+        last = settings
+    return batches
+
+
+def answer_group(pipe, reqs: list[Request], decode_step=None) -> list[Answer | UserError]:
+    """Answer requests that share temperature and top_p in one batch; a UserError in a slot is
+    that request's failure.
+
+    Equality with one-at-a-time: features and adapters run per request (bit-identical); the
+    sampled token of row b comes from a generator seeded by that request alone; the decoder
+    draws each row's noise from the request's own seed. What remains is fp32 rounding: the LLM
+    and decoder matrix products of B rows use other kernels than those of one row (MKL picks
+    them by size), about 1e-7 relative, which greedy argmax does not feel.
+    """
+    out: list[Answer | UserError | None] = [None] * len(reqs)
+    live: list[_Live] = []
+    for i, req in enumerate(reqs):
+        try:
+            check_answer_settings(req.prompt, req.music, req.duration)
+            t0 = time.perf_counter()
+            feats = pipe.features(**req.media())            # each (1, ...): this request alone
+            ids = pipe.tokenizer.encode(format_prompt(req.prompt), bos=True)
+            live.append(_Live(i, req, ids, {k: v[0] for k, v in feats.items()}, time.perf_counter() - t0))
+        except UserError as e:
+            out[i] = e
+    if live:
+        settings = {(x.req.temperature, x.req.top_p) for x in live}
+        if len(settings) > 1:
+            raise ValueError(f"one batch must share temperature and top_p, got {sorted(settings)}")
+        _generate(pipe, live, out, decode_step)
+    return out
+
+
+def _generate(pipe, live: list[_Live], out: list, decode_step) -> None:
+    first = live[0].req
+    feats = {m: [x.feats.get(m) for x in live] for m in MODALITIES if any(m in x.feats for x in live)}
+    t0 = time.perf_counter()
+    result = pipe.model.generate(
+        [x.ids for x in live], feats, max_new_tokens=[x.req.max_new_tokens for x in live],
+        temperature=first.temperature, top_p=first.top_p, eos_id=pipe.tokenizer.eos_id,
+        force_music=[x.req.music for x in live],
+        generator=[torch.Generator().manual_seed(x.req.seed) for x in live], decode_step=decode_step)
+    gen_s = time.perf_counter() - t0
+    answers = []
+    for b, x in enumerate(live):
+        ans = Answer(pipe.tokenizer.decode(result.tokens[b]).strip(), result.tokens[b])
+        ans.timings = {"encode_s": x.encode_s, "generate_s": gen_s, "new_tokens": len(result.tokens[b]),
+                       "batch_size": len(live)}
+        answers.append(ans)
+        out[x.index] = ans
+    music = [b for b, c in enumerate(result.music_cond) if c is not None]
+    # one decoder call per (duration, guidance): both are settings of the whole render
+    groups: dict[tuple, list[int]] = {}
+    for b in music:
+        groups.setdefault((live[b].req.duration, live[b].req.guidance_scale), []).append(b)
+    for (duration, guidance), rows in groups.items():
+        conds = torch.stack([result.music_cond[b] for b in rows]) / pipe.model.cfg.bridge_scale
+        seeds = [live[b].req.seed for b in rows]
+        t1 = time.perf_counter()
+        try:
+            waves = _render(pipe, conds, duration, guidance, seeds)
+        except UserError:
+            if len(rows) == 1:
+                raise
+            waves = None                     # find out which request it was: render alone
+        for j, b in enumerate(rows):
+            try:
+                wave = waves[j] if waves is not None else _render(pipe, conds[j:j + 1], duration, guidance,
+                                                                  seeds[j:j + 1])[0]
+            except UserError as e:
+                out[live[b].index] = e
+                continue
+            ans = answers[b]
+            ans.audio, ans.sample_rate = wave, pipe.decoder().sampling_rate
+            ans.timings["render_s"] = time.perf_counter() - t1
+
+
+def _render(pipe, conds: torch.Tensor, duration: float, guidance, seeds: list[int]):
+    kwargs = {} if guidance is None else {"guidance_scale": guidance}
+    return pipe.decoder().render_projected(conds, duration=duration, seeds=seeds, **kwargs)
+
+
+def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettings, emit, progress=None) -> None:
+    """Answer `todo` ((id, Request or the RequestError it failed with), input order) in batches
+    and call emit(id, request, Answer | UserError) in input order.
+
+    Requests are regrouped within windows of `settings.window`; a window's answers are emitted as
+    soon as all before them are, so a kill loses at most one window of unwritten work.
+    """
+    from .request_schema import check_against
+
+    for start in range(0, len(todo), settings.window):
+        window = todo[start:start + settings.window]
+        results: dict[int, object] = {}
+        items = []
+        for pos, (_, req) in enumerate(window):
+            if isinstance(req, Exception):
+                results[pos] = req
+                continue
+            pipe = get_pipe()
+            try:
+                check_against(pipe, req)
+                n = len(pipe.tokenizer.encode(format_prompt(req.prompt), bos=True))
+            except UserError as e:
+                results[pos] = e
+                continue
+            items.append((pos, req, n))
+        done = 0
+        for batch in [[]] + make_batches(items, settings.batch_size):
+            if batch:
+                answers = answer_group(get_pipe(), [window[p][1] for p in batch], settings.decode_step)
+                results.update(zip(batch, answers))
+            while done in results:                 # the longest answered prefix, in input order
+                rid, req = window[done]
+                emit(rid, req, results.pop(done))
+                done += 1
+                if progress is not None:
+                    progress.update(1)
