@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()     # 'Loading weights' bars: ours are enough
     from llama.errors import UserError, one_line
     from llama.metrics.report import table, write_json
 
