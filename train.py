@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--init-from", type=Path, help="trained weights of the previous stage (e.g. runs/stage1/final)")
     p.add_argument("--music-decoder", choices=["musicgen", "audioldm2"])
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batch samples of similar token count together (less padding; modalities still mix)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--min-lr", type=float, default=1e-6)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -56,6 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="delete the earlier run's files in --out first (a folder holding other files is refused)")
     p.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) batches whose loss is NaN/inf")
+    p.add_argument("--cache-features", type=Path, metavar="DIR",
+                   help="run the frozen encoders once over this run's media into DIR (resumes), then train from it")
+    p.add_argument("--features", type=Path, metavar="DIR",
+                   help="train from the feature cache DIR (read only: a missing or stale entry is an error)")
+    p.add_argument("--eval-data", type=Path, help="data config of a held-out split (this stage's datasets)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="held-out loss every N optimizer steps (and at the end; needs --eval-data)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     args = p.parse_args(argv)
@@ -70,7 +79,7 @@ def _flag(name: str) -> str:
 def check_args(args) -> None:
     """Refuse, in one line, any option value that would fail (or silently misbehave) later."""
     minimum = {"batch_size": 1, "grad_accum": 1, "epochs": 1, "max_len": 1, "max_steps": 1, "keep": 1,
-               "warmup_steps": 0, "save_every": 0}
+               "warmup_steps": 0, "save_every": 0, "eval_every": 0}
     for name, low in minimum.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -84,6 +93,15 @@ def check_args(args) -> None:
     if not args.data.is_file():
         raise UserError(f"--data {args.data}: data config not found" if not args.data.exists()
                         else f"--data {args.data}: not a file (expected a YAML or JSON data config)")
+    if args.eval_data is not None and not args.eval_data.is_file():
+        raise UserError(f"--eval-data {args.eval_data}: data config not found")
+    if args.eval_every and args.eval_data is None:
+        raise UserError("--eval-every needs --eval-data (the held-out split's data config)")
+    if args.cache_features is not None and args.features is not None:
+        raise UserError("give --cache-features DIR (build, then read) or --features DIR (read only), not both")
+    if args.features is not None and not (args.features / "cache.json").is_file():
+        raise UserError(f"--features {args.features}: no cache.json (build it with --cache-features "
+                        f"{args.features} or python -m llama.feature_cache)")
     if args.ckpt_dir is not None and not args.ckpt_dir.is_dir():
         raise UserError(f"--ckpt-dir {args.ckpt_dir}: not a folder (expected a checkpoint bundle with bundle.json)")
     if args.init_from is not None:

@@ -314,12 +314,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def trained_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """The named tensors; a virtual `*.aud_rows` name holds only the [AUD] rows of its matrix."""
+    """The named tensors. An `AUD_ROWS` name is a parameter while a stage trains the [AUD] rows
+    (llama/trainable.py); otherwise it names the rows past the base vocabulary of its matrix."""
     from .trainable import AUD_ROWS
 
     params = dict(model.named_parameters())
     n_base = model.cfg.llama.vocab_size
-    return {k: params[AUD_ROWS[k]][n_base:] if k in AUD_ROWS else params[k] for k in names}
+    return {k: params[AUD_ROWS[k]][n_base:] if k in AUD_ROWS and k not in params else params[k] for k in names}
 
 
 def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str]) -> Path:
@@ -352,7 +353,7 @@ def load_trained(model: torch.nn.Module, folder: str | Path) -> list[str]:
     from .trainable import AUD_ROWS
 
     params = dict(model.named_parameters())
-    params.update({k: v for k, v in trained_tensors(model, list(AUD_ROWS)).items()})
+    params.update({k: v for k, v in trained_tensors(model, list(AUD_ROWS)).items() if k not in params})
     bad = [k for k, v in tensors.items() if k not in params or params[k].shape != v.shape]
     if bad:
         k = bad[0]
@@ -362,7 +363,7 @@ def load_trained(model: torch.nn.Module, folder: str | Path) -> list[str]:
     loaded = list(tensors)
     with torch.no_grad():
         for k in AUD_ROWS.keys() & tensors.keys():
-            params[k].copy_(tensors.pop(k))          # a view of the matrix rows: writes through
+            params[k].copy_(tensors.pop(k))          # the parameter, or a view of the matrix rows
     model.load_state_dict(tensors, strict=False)
     return loaded
 

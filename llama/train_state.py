@@ -36,6 +36,7 @@ class TrainState:
     skipped_too_long: int = 0
     skipped_bad_media: int = 0
     losses: list[float] = field(default_factory=list)   # loss per optimizer step, for the curve
+    eval_losses: list[list[float]] = field(default_factory=list)   # [step, held-out loss], for the curve
 
 
 def rng_state() -> dict:

@@ -175,7 +175,7 @@ def test_trained_weights_round_trip(tmp_path):
 
 
 def test_aud_rows_train_alone_and_round_trip(tmp_path):
-    from llama.trainable import set_trainable
+    from llama.trainable import fold_aud_rows, set_trainable
     torch.manual_seed(0)
     m = MuMuLLaMA(preset("tiny"))
     names = set_trainable(m, stage=1)
@@ -183,11 +183,11 @@ def test_aud_rows_train_alone_and_round_trip(tmp_path):
     before = m.llm.tok_embeddings.weight.detach().clone()
     tokens = torch.tensor([[1, 5, 6] + m.aud_ids])
     m(tokens, tokens.clone()).loss.backward()
-    g = m.llm.tok_embeddings.weight.grad
-    assert g[:m.cfg.llama.vocab_size].abs().sum() == 0 and g[m.cfg.llama.vocab_size:].abs().sum() > 0
-    assert m.llm.output.weight.grad[:m.cfg.llama.vocab_size].abs().sum() == 0
+    # the base matrices are frozen: no gradient at all; the [AUD] rows are their own parameters
+    assert m.llm.tok_embeddings.weight.grad is None and m.llm.output.weight.grad is None
+    assert m.llm.tok_embeddings.aud_rows.grad.abs().sum() > 0 and m.llm.output.aud_rows.grad.abs().sum() > 0
     with torch.no_grad():
-        m.llm.tok_embeddings.weight[m.cfg.llama.vocab_size:] += 1.0
+        m.llm.tok_embeddings.aud_rows += 1.0
     save_trained(m, tmp_path / "ck", names)
     from safetensors.torch import load_file
     saved = load_file(str(tmp_path / "ck" / "model.safetensors"))
@@ -195,8 +195,11 @@ def test_aud_rows_train_alone_and_round_trip(tmp_path):
     fresh = MuMuLLaMA(preset("tiny"))
     with torch.no_grad():
         fresh.llm.tok_embeddings.weight.copy_(before)
-    load_trained(fresh, tmp_path / "ck")
+    load_trained(fresh, tmp_path / "ck")            # a plain model: the rows land in the matrix
+    fold_aud_rows(m)
+    assert type(m.llm.tok_embeddings) is torch.nn.Embedding
     torch.testing.assert_close(fresh.llm.tok_embeddings.weight, m.llm.tok_embeddings.weight)
+    torch.testing.assert_close(fresh.llm.tok_embeddings.weight[:40], before[:40])
 
 
 def _published_tiny(tmp_path, variant: str, name="checkpoint.pth", wrap=lambda sd: {"model": sd}):
