@@ -341,7 +341,8 @@ def _run_batch(args, ranks) -> int:
                 run_in_order(mine, get_pipe, settings, emit, bar)
         ranks.barrier()
         if ranks.world > 1 and ranks.main:
-            merge_parts(out_dir, order)
+            merged, dropped = merge_parts(out_dir, order)
+            say(f"merged {merged} records of {ranks.world} processes -> {journal.path}")
     if todo:
         where = ranks.part(out_dir)
         print(f"done: {len(mine) - failed} answered, {failed} failed -> {where}", file=sys.stderr)

@@ -171,7 +171,9 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
         done = 0
         for batch in [[]] + make_batches(items, settings.batch_size):
             if batch:
-                answers = answer_group(get_pipe(), [window[p][1] for p in batch], settings.decode_step)
+                reqs = [window[p][1] for p in batch]
+                answers = _answer_alone(get_pipe(), reqs[0], settings.decode_step) if settings.batch_size == 1 \
+                    else answer_group(get_pipe(), reqs, settings.decode_step)
                 results.update(zip(batch, answers))
             while done in results:                 # the longest answered prefix, in input order
                 rid, req = window[done]
@@ -179,3 +181,12 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
                 done += 1
                 if progress is not None:
                     progress.update(1)
+
+
+def _answer_alone(pipe, req: Request, decode_step) -> list:
+    """--batch-size 1: `pipe.answer`, the one-request path, exactly as before batching existed."""
+    step = {} if decode_step is None else {"decode_step": decode_step}
+    try:
+        return [pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), **step)]
+    except UserError as e:
+        return [e]
