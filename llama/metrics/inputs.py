@@ -88,7 +88,7 @@ def read_texts(path: str | Path, what: str = "references") -> dict[str, list[str
         obj = json.loads(text)
     except json.JSONDecodeError:
         obj = None
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and "id" not in obj:       # {"id": ...} is a one-line JSONL file
         return {str(k): _texts(v, f"{path}: id {one_line(k, 60)!r}") for k, v in obj.items()}
     out = {}
     for n, line in enumerate(text.splitlines(), 1):

@@ -70,6 +70,11 @@ def evaluate_music(results: Results, ref_by_id: dict[str, Path], ref_set: list[P
                    captions: dict[str, list[str]] | None, opt: MusicOptions, paired_only: bool = False) -> dict:
     """FAD (generated set vs reference set), KL (generated vs the reference of the same id), CLAP
     score (generated vs the caption of the same id). `paired_only`: FAD on the paired clips only."""
+    from .models import check_kind
+
+    for folder, kind in ((opt.embed_dir, opt.embed_kind), (opt.classifier_dir, "ast"), (opt.clap_dir, "clap")):
+        if folder is not None:
+            check_kind(folder, kind)            # a wrong folder is an error even when it goes unused
     m = match(results.wavs, ref_by_id)
     report = {"task": "music", "n": {"generated": len(results.wavs), "paired": len(m.ids)}, "metrics": {},
               "unavailable": {}, "models": {}, "skipped": _skips(results, m)}
