@@ -323,10 +323,13 @@ def trained_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch
     return {k: params[AUD_ROWS[k]][n_base:] if k in AUD_ROWS and k not in params else params[k] for k in names}
 
 
-def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str]) -> Path:
-    """Write only the trained tensors + config.json (never the frozen base model)."""
+def save_trained(model: torch.nn.Module, folder: str | Path, names: list[str],
+                 tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write only the trained tensors + config.json (never the frozen base model). `tensors`:
+    a full state dict to take them from (a sharded model's, gathered) instead of the model."""
     folder = Path(folder)
-    atomic_save_file(trained_tensors(model, names), folder / "model.safetensors")
+    chosen = {k: tensors[k] for k in names} if tensors is not None else trained_tensors(model, names)
+    atomic_save_file(chosen, folder / "model.safetensors")
     atomic_write_text(folder / "config.json", json.dumps(model.cfg.to_dict(), indent=2))
     return folder
 

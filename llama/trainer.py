@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ class Trainer:
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not cfg.cpu else "no"
         self.acc = Accelerator(mixed_precision=mp, cpu=cfg.cpu, kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=True)])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and self.acc.num_processes == 1:
+            # accelerate found no backend (e.g. an FSDP/GPU config on a machine without GPUs):
+            # every process would train alone and write the same folder
+            raise TrainingError(f"launched as {os.environ['WORLD_SIZE']} processes but accelerate set up no "
+                                "process group (no GPU? add --cpu for gloo, which runs DDP)")
+        self.fsdp = self.acc.distributed_type.value == "FSDP"
         set_seed(cfg.seed)
         self.log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if self.acc.is_main_process else (lambda *a: None)
 
@@ -66,6 +73,12 @@ class Trainer:
         from .trainable import set_trainable
 
         cfg = self.cfg
+        if self.fsdp and (cfg.save_every or cfg.resume):
+            raise TrainingError("under FSDP train.py writes final/ only (optimizer state is sharded); "
+                                "--save-every and --resume need DDP (configs/accelerate/ddp.yaml)")
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.fsdp:
+            self.log(f"FSDP config given but accelerate runs {self.acc.distributed_type.value} "
+                     "(accelerate shards only on GPUs and other accelerators): training as DDP")
         run_dir.prepare(cfg.out, cfg.resume, cfg.overwrite, self.acc.is_main_process)
         self.acc.wait_for_everyone()
         samples, reports = load_stage(cfg.data, cfg.stage)     # before the model: a bad config fails fast
@@ -219,18 +232,21 @@ class Trainer:
             self.runlog.flush()
         self._save()
         from .trainable import fold_aud_rows
-        equal = self._weights_equal_across_processes()
+        # FSDP: one sharded copy, gathered whole (a collective: every process calls it)
+        full = self.acc.get_state_dict(self.model) if self.fsdp else None
+        equal = None if self.fsdp else self._weights_equal_across_processes()
         if acc.is_main_process:
             pad = padding_fraction(self._batches(0, 0), [len(e.tokens) for e in self.encoded])
             summary = {"stage": cfg.stage, "steps": st.step, "final_loss": st.losses[-1] if st.losses else None,
                        "final_eval_loss": st.eval_losses[-1][1] if st.eval_losses else None,
-                       "processes": acc.num_processes, "weights_equal_across_processes": equal,
+                       "processes": acc.num_processes, "distributed": acc.distributed_type.value,
+                       "weights_equal_across_processes": equal,
                        "samples": len(self.encoded), "padding_fraction_epoch0": round(pad, 4),
                        "feature_cache": str(self.feats.cache.root) if self.feats.cache else None,
                        "skipped_nonfinite_batches": st.skipped_nonfinite,
                        "skipped_too_long": st.skipped_too_long, "skipped_bad_media": st.skipped_bad_media}
             (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            save_trained(self.raw_model, cfg.out / "final", self.save_names)
+            save_trained(self.raw_model, cfg.out / "final", self.save_names, tensors=full)
             self.runlog.loss_curve(st.losses, st.eval_losses)
             self.runlog.close()
             held = f", held-out loss {st.eval_losses[-1][1]:.4f}" if st.eval_losses else ""
@@ -238,7 +254,8 @@ class Trainer:
                      f"non-finite loss: {st.skipped_nonfinite}; samples skipped: {st.skipped_too_long} too long, "
                      f"{st.skipped_bad_media} unreadable media; weights -> {cfg.out / 'final'}")
         acc.wait_for_everyone()
-        fold_aud_rows(self.raw_model)             # the model in memory is a plain one again
+        if not self.fsdp:
+            fold_aud_rows(self.raw_model)         # the model in memory is a plain one again
         return st
 
     def _evaluate_and_log(self) -> None:
@@ -312,6 +329,8 @@ class Trainer:
         return bool((gathered == gathered[0]).all())
 
     def _save(self) -> None:
+        if self.fsdp:
+            return
         if self.acc.is_main_process:
             save_checkpoint(self.cfg.out, self.raw_model, self.save_names, self.optimizer, self.scheduler,
                             self.state, keep=self.cfg.keep, settings=self.settings)

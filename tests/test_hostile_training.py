@@ -241,7 +241,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(common, tmp_path, 
 def test_full_disk_when_writing_the_final_weights(common, tmp_path, capsys, monkeypatch):
     from llama import trainer as T
 
-    def no_space(model, folder, names):
+    def no_space(model, folder, names, tensors=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(folder) / "model.safetensors"))
     monkeypatch.setattr(T, "save_trained", no_space)
     out = tmp_path / "run"
