@@ -171,7 +171,8 @@ class MuMuLLaMA(nn.Module):
         padded = bool((~mask).any())
         prefixes = self.prefix_inputs(B, feats or {}, present)
         adapter_res = self.llm.adapter_residuals(prefixes)    # computed once for the whole decode
-        cache = KVCache.allocate(L, B, capacity, device, prefixes.dtype) if use_cache else None
+        cache_len = decode_step.cache_len(capacity) if decode_step is not None else capacity
+        cache = KVCache.allocate(L, B, cache_len, device, prefixes.dtype) if use_cache else None
         step = decode_step.bind(self.llm, adapter_res, cache, mask if padded else None) \
             if decode_step is not None and use_cache else None
 
