@@ -1,0 +1,205 @@
+"""Throughput of batched inference, and batch-1 decode against the memory floor, eager vs compiled.
+
+    python benchmarks/batch_inference.py [--sizes 1 4 8 16] [--tiny-requests 32] [--dim 512 --layers 20
+                                          --prompt 64 --new 64] [--no-compile] [--json out.json]
+
+1. The batch CLI (`inference.main --input --batch-size B`) on the tiny bundle: a mix of text,
+   audio, image and video questions, every fourth one making 0.5 s of music; the pipeline is
+   loaded once beforehand (loading is not throughput). Requests/s and generated tokens/s.
+2. The dim-512 / 20-layer model of benchmarks/decode.py (random weights, LoRA merged and packed
+   as inference does): `generate()` as the batch CLI calls it (per-row generators, per-row
+   budgets) for B prompts of mixed lengths, greedy, no EOS: total new tokens/s per B.
+3. Batch-1 decode tokens/s of that model, eager and `--compile`, against the floor of decode.py
+   (bytes a step must read / measured matrix-vector bandwidth). Decode time = generate(N new)
+   - generate(1 new), so the prefill is excluded the same way for both.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import decode as decode_bench  # noqa: E402
+
+import inference  # noqa: E402
+from llama.compiled_decode import CompiledDecode  # noqa: E402
+
+NO_EOS = -1
+
+
+# ------------------------------------------------------------------------------ 1. the CLI
+def tiny_requests(media: Path, n: int) -> list[dict]:
+    kinds = [{}, {"audio": str(media / "melody.wav")}, {"image": str(media / "image.png")},
+             {"video": str(media / "video.mp4")}]
+    prompts = ["Describe it.", "What instruments can you hear in this?", "Write a calm piano piece.",
+               "Describe the image in detail."]
+    return [{"id": f"r{i}", "prompt": prompts[i % 4] + " again" * (i % 3), "max_new_tokens": 32, "seed": i,
+             **kinds[(i // 4 + i) % 4], **({"music": True, "duration": 0.5} if i % 4 == 0 else {})}
+            for i in range(n)]
+
+
+def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
+    from llama.examples import write_examples
+    from llama.tiny import ensure_tiny_bundle
+    bundle = ROOT / "ckpts" / "tiny"
+    ensure_tiny_bundle(bundle)
+    media = work / "media"
+    write_examples(media)
+    reqs = work / "requests.jsonl"
+    reqs.write_text("".join(json.dumps(r) + "\n" for r in tiny_requests(media, n)))
+    pipe = inference.load_pipeline(inference.parse_args(["--ckpt-dir", str(bundle), "--prompt", "x"]))
+    real_load, inference.load_pipeline = inference.load_pipeline, lambda args: pipe
+    rows, answers = {}, {}
+    try:
+        for B in [sizes[0]] + sizes:                   # the first run warms up (lazy encoders, decoder)
+            out = work / f"out-{B}-{time.monotonic_ns()}"
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):           # the answers themselves
+                rc = inference.main(["--ckpt-dir", str(bundle), "--input", str(reqs), "--output-dir", str(out),
+                                     "--batch-size", str(B)])
+            seconds = time.perf_counter() - t0
+            recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+            tokens = sum(r["timings"]["new_tokens"] for r in recs if r["error"] is None)
+            rows[B] = {"rc": rc, "seconds": seconds, "requests_s": len(recs) / seconds, "tokens_s": tokens / seconds,
+                       "tokens": tokens}
+            answers[B] = [(r["id"], r["answer"]) for r in recs]
+    finally:
+        inference.load_pipeline = real_load
+    same = all(a == answers[sizes[0]] for a in answers.values())
+    return {"requests": n, "by_batch": rows, "answers_equal_across_batch_sizes": same}
+
+
+# ------------------------------------------------------------------------------ 2. dim 512
+def build(args):
+    model = decode_bench.build_model(args)
+    model.llm.merge_lora()                            # as MuMuPipeline.load does for fp32
+    return model
+
+
+def mixed_prompts(B: int, base: int, vocab: int) -> list[list[int]]:
+    full = decode_bench.prompt_ids(base + 16, vocab)
+    return [full[:base + (7 * b) % 17] for b in range(B)]
+
+
+@torch.inference_mode()
+def bench_generate(model, sizes: list[int], args) -> dict:
+    rows, tokens = {}, {}
+    vocab = model.cfg.llama.vocab_size
+    model.generate([mixed_prompts(1, args.prompt, vocab)[0]], {}, max_new_tokens=4, eos_id=NO_EOS)   # warm-up
+    for B in sizes:
+        prompts = mixed_prompts(B, args.prompt, vocab)
+        gens = [torch.Generator().manual_seed(b) for b in range(B)]
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = model.generate(prompts, {}, max_new_tokens=[args.new] * B, eos_id=NO_EOS, generator=gens)
+            best = min(best, time.perf_counter() - t0)
+        tokens[B] = out.tokens
+        rows[B] = {"seconds": best, "tokens_s": B * args.new / best, "requests_s": B / best}
+    alone = [model.generate([p], {}, max_new_tokens=args.new, eos_id=NO_EOS).tokens[0]
+             for p in mixed_prompts(max(sizes), args.prompt, vocab)]
+    same = all(tokens[B] == alone[:B] for B in sizes)
+    return {"by_batch": rows, "batched_tokens_equal_one_by_one": same}
+
+
+@torch.inference_mode()
+def decode_rate(model, prompt, new: int, repeats: int, step=None) -> tuple[float, list[int]]:
+    def once(n):
+        t0 = time.perf_counter()
+        out = model.generate([prompt], {}, max_new_tokens=n, eos_id=NO_EOS, decode_step=step)
+        return time.perf_counter() - t0, out.tokens[0]
+    rates, tokens = [], None
+    for _ in range(repeats):
+        t1, _ = once(1)
+        tn, tokens = once(new)
+        rates.append((new - 1) / (tn - t1))
+    return max(rates), tokens
+
+
+def bench_floor(model, args) -> dict:
+    cfg = model.cfg.llama
+    prompt = decode_bench.prompt_ids(args.prompt, cfg.vocab_size)
+    eager, eager_tokens = decode_rate(model, prompt, args.new, args.repeats)
+    res = {"eager_tok_s": eager}
+    if args.compile:
+        step = CompiledDecode.for_model(model)
+        t0 = time.perf_counter()
+        decode_rate(model, prompt, 8, 1, step)                        # compiles here
+        res["compile_s"] = time.perf_counter() - t0
+        res["compiled_tok_s"], tokens = decode_rate(model, prompt, args.new, args.repeats, step)
+        res["compiled_tokens_equal_eager"] = tokens == eager_tokens
+        res["compiles"] = step.compiles
+        # what the compiled step reads more: the whole bucketed cache, not the mean context
+        res["compiled_cache_len"] = step.cache_len(args.prompt + args.new + cfg.n_aud_tokens)
+    bandwidth = max(decode_bench.matvec_bandwidth((cfg.ffn_dim, cfg.dim), args.bw_mb, 7, True),
+                    decode_bench.matvec_bandwidth((cfg.ffn_dim, cfg.dim), args.bw_mb, 7),
+                    decode_bench.matvec_bandwidth((4096, 4096), args.bw_mb, 7))
+    nbytes = decode_bench.decode_bytes_per_token(model, context=args.prompt + args.new / 2)["merged_B"]
+    res.update(bandwidth_GBps=bandwidth / 1e9, bytes_per_token=nbytes, floor_tok_s=bandwidth / nbytes)
+    res["eager_pct_of_floor"] = 100 * eager / res["floor_tok_s"]
+    if args.compile:
+        res["compiled_pct_of_floor"] = 100 * res["compiled_tok_s"] / res["floor_tok_s"]
+    return res
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--tiny-requests", type=int, default=32)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--layers", type=int, default=20)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--prompt", type=int, default=64)
+    p.add_argument("--new", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--bw-mb", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--skip", nargs="*", default=[], choices=["cli", "generate", "floor"])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "loadavg_1m_start": os.getloadavg()[0]}, "args": vars(args) | {"json": str(args.json)}}
+    if "cli" not in args.skip:
+        with tempfile.TemporaryDirectory() as work:
+            res["cli_tiny"] = bench_cli(args.sizes, args.tiny_requests, Path(work))
+        report("batch CLI, tiny bundle", res["cli_tiny"]["by_batch"])
+    if "generate" not in args.skip or "floor" not in args.skip:
+        model = build(args)
+    if "generate" not in args.skip:
+        res["generate_dim512"] = bench_generate(model, args.sizes, args)
+        report(f"generate(), dim {args.dim} x {args.layers} layers", res["generate_dim512"]["by_batch"])
+    if "floor" not in args.skip:
+        res["floor"] = bench_floor(model, args)
+        print(json.dumps(res["floor"], indent=1), flush=True)
+    res["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def report(title: str, rows: dict) -> None:
+    base = rows[min(rows)]["tokens_s"]
+    print(f"\n{title}")
+    for B, r in rows.items():
+        print(f"  B={B:<3d} {r['requests_s']:8.2f} req/s {r['tokens_s']:9.1f} tok/s  x{r['tokens_s'] / base:.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
