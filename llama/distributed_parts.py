@@ -46,11 +46,10 @@ class Ranks:
         return f"cuda:{self.local_rank}" if self.world > 1 and name == "cuda" else name
 
     def start(self, backend: str | None = None) -> None:
-        """Join the process group (gloo on CPU, nccl with GPUs) when launched as several."""
-        import torch
+        """Join the process group when launched as several (gloo: it only carries barriers)."""
         import torch.distributed as dist
         if self.world > 1 and not dist.is_initialized():
-            backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+            backend = backend or "gloo"   # only a barrier and a flag: CPU tensors, any device
             # a long batch: ranks wait at the final barrier for the slowest one
             dist.init_process_group(backend, rank=self.rank, world_size=self.world,
                                     timeout=datetime.timedelta(days=7))
