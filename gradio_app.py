@@ -5,13 +5,19 @@
 
 Binds 127.0.0.1 unless --host says otherwise; never makes a public share link.
 With no --ckpt-dir the tiny offline bundle in ckpts/tiny is used (built on first use).
+Every browser session has its own conversation (llama/chat.py) and its own folder for the music
+it makes, removed when the session ends; requests wait in one queue (--concurrency at a time).
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
+import queue
+import shutil
 import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Set before gradio is imported: no usage reports, nothing fetched from a hub.
@@ -24,9 +30,21 @@ import numpy as np
 import inference
 
 INTRO = """# MuMu-LLaMA
-Ask about a piece of music, a picture or a video, or ask for music. Attach at most one file of each
-kind; tick **Make music** to always get audio. Each turn is answered **on its own**: the model is
-single-turn and does not see the earlier messages."""
+Ask about a piece of music, a picture or a video, or ask for music. The model sees the conversation
+so far (the oldest turns drop out when it gets too long) and the latest file of each kind you gave
+it; music it wrote becomes the music of the next turn, so "now make it slower" edits it. **Clear**
+starts over."""
+
+
+@dataclass
+class AppConfig:
+    """Limits of one running app (command-line options)."""
+    max_upload_mb: float = 50.0          # larger uploads are refused with a message in the chat
+    concurrency: int = 1                 # requests answered at once (one model: 1)
+    queue_size: int = 32                 # requests waiting; more are turned away by gradio
+    session_ttl_s: float = 3600.0        # an idle session's conversation and music are deleted after this
+    edit_mode: str = "auto"              # llama.long_music.EDIT_MODES
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mumu-app-")))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,10 +59,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow running the code shipped in a model folder (needed by real MERT)")
+    p.add_argument("--max-upload-mb", type=float, default=AppConfig.max_upload_mb,
+                   help="largest upload answered, in MB (larger: a message in the chat)")
+    p.add_argument("--concurrency", type=int, default=AppConfig.concurrency,
+                   help="requests answered at once (others wait in the queue)")
+    p.add_argument("--queue-size", type=int, default=AppConfig.queue_size, help="requests that may wait")
+    p.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "none"], default="auto",
+                   help="music made with source audio also hears the source (see inference.py --help)")
     # The rest of what inference.load_pipeline reads: everything comes from bundle.json.
     p.set_defaults(llama_dir=None, llama_type=None, mert=None, vit=None, vivit=None, checkpoint=None,
                    mumu=None, variant=None, music_decoder_path=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.max_upload_mb > 0 or args.concurrency < 1 or args.queue_size < 1:
+        p.error("--max-upload-mb, --concurrency and --queue-size must be positive")
+    return args
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -90,92 +118,200 @@ def _warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
 
 
-def respond(pipe, message, history, audio=None, image=None, video=None, music=False, duration=5.0,
-            temperature=0.0, top_p=0.9, seed=0, max_new_tokens=128, guidance_scale=None):
-    """One chat turn = one `pipe.answer` call. Returns (history, audio_out).
+def check_upload(kind: str, path, cfg: AppConfig) -> str | None:
+    """An uploaded file the model can take: a known type of its kind, within the size limit."""
+    from llama.errors import UserError
+    from llama.media import guess_kind
+    if not path:
+        return None
+    path = str(path)
+    name = Path(path).name
+    if guess_kind(path) != kind:
+        raise UserError(f"{name}: not a {kind} file type the app reads ({Path(path).suffix or 'no extension'})")
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise UserError(f"{name}: cannot be read ({e.strerror or e})") from None
+    if size > cfg.max_upload_mb * 1e6:
+        raise UserError(f"{name} is {size / 1e6:.1f} MB; uploads are limited to {cfg.max_upload_mb:g} MB "
+                        f"(--max-upload-mb)")
+    return path
 
-    history is a list of {"role", "content"} messages (the Chatbot's "messages" format); audio_out
-    is (sample_rate, int16 array) or None. A user mistake (unreadable media, a bad number, a
-    decoder or checkpoint problem) is shown as a one-line warning and an error message in the
-    chat, naming uploads by their own file name; any other exception is a bug and propagates.
+
+def _settings(music, duration, temperature, top_p, seed, max_new_tokens, guidance_scale, cfg):
+    from llama.chat import ChatSettings
+    from llama.errors import UserError
+    if not isinstance(music, bool):
+        raise UserError(f"make music must be true or false, got {music!r}")
+    return ChatSettings(duration=_num(duration, "duration"),
+                        max_new_tokens=_num(max_new_tokens, "max new tokens", True),
+                        temperature=_num(temperature, "temperature"), top_p=_num(top_p, "top-p"),
+                        seed=_num(0 if seed is None else seed, "seed", True),
+                        guidance_scale=None if guidance_scale is None else _num(guidance_scale, "guidance scale"),
+                        edit_mode=cfg.edit_mode).checked()
+
+
+def respond_stream(pipe, message, history, conv=None, audio=None, image=None, video=None, music=False,
+                   duration=5.0, temperature=0.0, top_p=0.9, seed=0, max_new_tokens=128,
+                   guidance_scale=None, cfg: AppConfig | None = None):
+    """One chat turn with the conversation `conv` (created if None), as a generator of
+    (history, audio_out, conv): the answer grows token by token, then a render progress line,
+    then the final message with audio_out = (sample_rate, int16 array) or None.
+
+    A user mistake (a bad or oversize upload, a bad number, a decoder or checkpoint problem) ends
+    the turn with a one-line warning and an `Error:` message naming uploads by their own file
+    name; the conversation is unchanged. Any other exception is a bug and propagates.
     """
+    from llama.chat import Conversation
+    from llama.chat_repl import TextStream
     from llama.errors import UserError, one_line
-    from llama.request_schema import CHECKS, Request, check_against, media_path, text
+    from llama.request_schema import text
 
+    cfg = cfg or AppConfig()
     history = list(history or [])
     message = (message or "").strip()
     if not message:
         _warn("Type a message first.")
-        return history, None
+        yield history, None, conv
+        return
     history.append({"role": "user", "content": inference.display_text(_user_text(message, audio, image, video))})
-    try:
-        if not isinstance(music, bool):
-            raise UserError(f"make music must be true or false, got {music!r}")
-        req = Request(id="chat", prompt=text("message", message), music=music,
-                      **{k: media_path(k, v or None, None) for k, v in (("audio", audio), ("image", image),
-                                                                     ("video", video))},
-                      duration=CHECKS["duration"](_num(duration, "duration")),
-                      max_new_tokens=CHECKS["max_new_tokens"](_num(max_new_tokens, "max new tokens", True)),
-                      temperature=CHECKS["temperature"](_num(temperature, "temperature")),
-                      top_p=CHECKS["top_p"](_num(top_p, "top-p")),
-                      seed=CHECKS["seed"](_num(0 if seed is None else seed, "seed", True)),
-                      guidance_scale=CHECKS["guidance_scale"](
-                          None if guidance_scale is None else _num(guidance_scale, "guidance scale")))
-        check_against(pipe, req)
-        ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs())
-    except UserError as e:
+    history.append({"role": "assistant", "content": "…"})
+
+    def fail(e: UserError):
         err = one_line(_hide_upload_dirs(str(e), [audio, image, video])) or type(e).__name__
         _warn(err)
-        history.append({"role": "assistant", "content": f"Error: {err}"})
-        return history, None
-    text_out = inference.display_text(ans.text) or "(no text)"
-    audio_out = None
-    if ans.audio is not None:
-        audio_out = (int(ans.sample_rate), _to_int16(ans.audio))
-        text_out += f"\n\n*[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz]*"
-    history.append({"role": "assistant", "content": text_out})
-    return history, audio_out
+        history[-1] = {"role": "assistant", "content": f"Error: {err}"}
+        return history, None, conv
+
+    try:
+        text("message", message)
+        settings = _settings(music, duration, temperature, top_p, seed, max_new_tokens, guidance_scale, cfg)
+        media = {k: check_upload(k, v, cfg) for k, v in (("audio", audio), ("image", image), ("video", video))}
+        conv = conv if conv is not None else Conversation.temporary(cfg.workdir)
+    except UserError as e:
+        yield fail(e)
+        return
+    events: queue.Queue = queue.Queue()
+    streamer = TextStream(pipe.tokenizer, lambda s: events.put(("text", None)))
+    last_aud = pipe.model.aud_ids[-1]
+
+    def on_token(row, token):
+        streamer(row, token)
+        if token == last_aud:                              # [AUD7]: the answer is done, music next
+            events.put(("progress", 0.0))
+
+    def work():
+        try:
+            events.put(("done", conv.ask(pipe, message, music=music, settings=settings, on_token=on_token,
+                                         progress=lambda d, t: events.put(("progress", d / t)), **media)))
+        except UserError as e:
+            events.put(("error", e))
+        except BaseException as e:                         # a bug: re-raised in the handler below
+            events.put(("bug", e))
+
+    threading.Thread(target=work, daemon=True, name="mumu-turn").start()
+    while True:
+        kind, payload = events.get()
+        shown = inference.display_text(streamer.shown)
+        if kind == "text":
+            history[-1] = {"role": "assistant", "content": shown or "…"}
+        elif kind == "progress":
+            history[-1] = {"role": "assistant", "content": f"{shown}\n\n*rendering music… {payload:.0%}*"}
+        elif kind == "error":
+            yield fail(payload)
+            return
+        elif kind == "bug":
+            raise payload
+        else:
+            ans, audio_out = payload, None
+            reply = inference.display_text(ans.text) or "(no text)"
+            if ans.audio is not None:
+                audio_out = (int(ans.sample_rate), _to_int16(ans.audio))
+                reply += f"\n\n*[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz]*"
+            if conv.dropped:
+                reply += f"\n\n*[{conv.dropped} oldest turns left out to fit the context]*"
+            history[-1] = {"role": "assistant", "content": reply}
+            yield history, audio_out, conv
+            return
+        yield history, None, conv
 
 
-def build_demo(pipe):
+def respond(pipe, message, history, audio=None, image=None, video=None, music=False, duration=5.0,
+            temperature=0.0, top_p=0.9, seed=0, max_new_tokens=128, guidance_scale=None, conv=None,
+            cfg: AppConfig | None = None):
+    """respond_stream run to the end: (history, audio_out). Without `conv` the turn is answered
+    in a fresh conversation that is removed afterwards."""
+    own = conv is None
+    out = (history, None, conv)
+    try:
+        for out in respond_stream(pipe, message, history, conv, audio, image, video, music, duration,
+                                  temperature, top_p, seed, max_new_tokens, guidance_scale, cfg):
+            pass
+    finally:
+        if own and out[2] is not None:
+            out[2].close()
+    return out[0], out[1]
+
+
+def _close_session(conv) -> None:
+    """gr.State's delete_callback: a session ended or expired, its music goes."""
+    if conv is not None:
+        conv.close()
+
+
+def build_demo(pipe, cfg: AppConfig | None = None):
     import gradio as gr
 
-    # gradio 5 defaults to the old tuple format; gradio 6 only has messages (and no `type`).
-    chat_kwargs = {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
+    cfg = cfg or AppConfig()
     with gr.Blocks(title="MuMu-LLaMA", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
+        conv_state = gr.State(None, time_to_live=cfg.session_ttl_s, delete_callback=_close_session)
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", height=420, **chat_kwargs)
+                chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chat")
                 msg = gr.Textbox(label="Message", placeholder="Describe this music. / Write a calm piano piece.",
-                                 lines=2)
+                                 lines=2, elem_id="message")
                 with gr.Row():
-                    send = gr.Button("Send", variant="primary")
+                    send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear")
-                music_out = gr.Audio(label="Generated music", type="numpy", interactive=False)
+                music_out = gr.Audio(label="Generated music", type="numpy", interactive=False, elem_id="music_out")
             with gr.Column(scale=2):
-                audio_in = gr.Audio(label="Music (optional)", type="filepath", sources=["upload"])
-                image_in = gr.Image(label="Image (optional)", type="filepath", sources=["upload"])
-                video_in = gr.Video(label="Video (optional)", sources=["upload"])
-                make_music = gr.Checkbox(label="Make music", value=False)
-                duration = gr.Slider(0.5, 30, value=5, step=0.5, label="Duration (s)")
+                audio_in = gr.File(label="Music (optional)", type="filepath", elem_id="audio_in")
+                image_in = gr.File(label="Image (optional)", type="filepath", elem_id="image_in")
+                video_in = gr.File(label="Video (optional)", type="filepath", elem_id="video_in")
+                make_music = gr.Checkbox(label="Make music", value=False, elem_id="make_music")
+                duration = gr.Slider(0.5, 120, value=5, step=0.5, label="Duration (s)")
                 temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 max_new = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
+                gr.Markdown(f"Uploads up to {cfg.max_upload_mb:g} MB.")
 
-        def _respond(message, history, audio, image, video, music, dur, temp, tp, sd, mnt):
-            history, audio_out = respond(pipe, message, history, audio, image, video, music, dur,
-                                         temp, tp, sd, mnt)
-            return history, audio_out, ""
+        def _respond(message, history, conv, audio, image, video, music, dur, temp, tp, sd, mnt):
+            for history, audio_out, conv in respond_stream(pipe, message, history, conv, audio, image, video,
+                                                           music, dur, temp, tp, sd, mnt, cfg=cfg):
+                yield history, audio_out, "", conv, None, None, None
 
-        inputs = [msg, chatbot, audio_in, image_in, video_in, make_music, duration, temperature, top_p, seed,
-                  max_new]
-        outputs = [chatbot, music_out, msg]
+        def _clear(conv):
+            if conv is not None:
+                conv.reset()
+            return [], None, "", conv
+
+        inputs = [msg, chatbot, conv_state, audio_in, image_in, video_in, make_music, duration, temperature,
+                  top_p, seed, max_new]
+        outputs = [chatbot, music_out, msg, conv_state, audio_in, image_in, video_in]
         gr.on([send.click, msg.submit], _respond, inputs, outputs, api_name="chat",
-              concurrency_limit=1)                       # one model: one request at a time
-        clear.click(lambda: ([], None, ""), None, [chatbot, music_out, msg], api_name="clear")
+              concurrency_limit=cfg.concurrency, concurrency_id="model")
+        clear.click(_clear, [conv_state], [chatbot, music_out, msg, conv_state], api_name="clear")
     return demo
+
+
+def serve(demo, cfg: AppConfig, host: str, port: int, block: bool = True):
+    """Queue and launch (127.0.0.1 unless asked otherwise, never shared). Uploads over twice the
+    chat limit are refused by gradio itself, before they are stored."""
+    demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
+    return demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
+                       max_file_size=int(2 * cfg.max_upload_mb * 1e6), quiet=not block)
 
 
 def main(argv=None) -> int:
@@ -191,12 +327,16 @@ def main(argv=None) -> int:
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the app is reachable from the network", file=sys.stderr)
-    demo = build_demo(pipe)
+    cfg = AppConfig(max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, queue_size=args.queue_size,
+                    edit_mode=args.edit_mode)
     try:
-        demo.queue().launch(server_name=args.host, server_port=args.port, share=False)
+        demo = build_demo(pipe, cfg)
+        serve(demo, cfg, args.host, args.port)
     except OSError as e:                  # the address is taken or cannot be bound: the user's choice
         print(f"error: cannot serve on {args.host}:{args.port} ({one_line(e.strerror or str(e))})", file=sys.stderr)
         return 2
+    finally:
+        shutil.rmtree(cfg.workdir, ignore_errors=True)     # every session's music
     return 0
 
 

@@ -97,10 +97,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--top-p", type=_option("top_p"), default=0.9)
     gen.add_argument("--guidance-scale", type=_option("guidance_scale"), default=None)
     gen.add_argument("--seed", type=_option("seed"), default=0)
+    gen.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "none"], default="auto",
+                     help="music with source audio (one request, --chat): also condition the decoder on the "
+                          "source (prompt: MusicGen continues it; melody: MusicGen-Melody chroma); "
+                          "auto = prompt for MusicGen, none for AudioLDM2. Batch requests render without it")
+    gen.add_argument("--stream", action="store_true", help="print the answer token by token (one request, --chat)")
+    p.add_argument("--chat", action="store_true",
+                   help="a conversation in the terminal: /audio PATH, /image PATH, /video PATH, /music, /reset; "
+                        "music goes into --output-dir (else a temporary folder removed at exit)")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = p.parse_args(argv)
-    if (args.prompt is None) == (args.input is None):
+    if args.chat and (args.prompt is not None or args.input is not None):
+        p.error("--chat reads its messages from the terminal; leave out --prompt and --input")
+    if not args.chat and (args.prompt is None) == (args.input is None):
         p.error("give either --prompt (one request) or --input (batch)")
     if args.input is not None and args.output_dir is None:
         p.error("--input needs --output-dir")
@@ -197,13 +207,37 @@ def run_one(args) -> int:
     if args.compile:
         from llama.compiled_decode import CompiledDecode
         step = CompiledDecode.for_model(pipe.model)
-    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), decode_step=step)
-    print(display_text(ans.text) or "(no text)", flush=True)
+    stream = None
+    if args.stream:
+        from llama.chat_repl import TextStream, printable
+        stream = TextStream(pipe.tokenizer, lambda s: print(printable(s), end="", flush=True))
+    ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), decode_step=step, on_token=stream,
+                      edit_mode=args.edit_mode)
+    print("" if stream else (display_text(ans.text) or "(no text)"), flush=True)
     if ans.audio is not None:
         check_output_file(output)
         write_wav(output, ans.audio, ans.sample_rate)
         print(f"[music: {len(ans.audio) / ans.sample_rate:.2f} s at {ans.sample_rate} Hz -> {output}]")
     return 0
+
+
+def run_chat(args) -> int:
+    """The terminal conversation (llama/chat_repl.py); music into --output-dir or a temp folder."""
+    import tempfile
+
+    from llama.chat import ChatSettings
+    from llama.chat_repl import repl
+    from llama.safe_paths import ensure_writable_dir
+
+    settings = ChatSettings(duration=args.duration, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                            guidance_scale=args.guidance_scale, edit_mode=args.edit_mode)
+    out_dir = ensure_writable_dir(args.output_dir) if args.output_dir is not None else None
+    pipe = load_pipeline(args)
+    if out_dir is not None:
+        return repl(pipe, settings, out_dir, stream=args.stream, keep_music=True)
+    with tempfile.TemporaryDirectory(prefix="mumu-chat-") as tmp:
+        return repl(pipe, settings, Path(tmp), stream=args.stream)
 
 
 def run_batch(args) -> int:
@@ -221,6 +255,8 @@ def main(argv=None) -> int:
     from llama.errors import UserError, one_line
     try:
         _check_device(args.device)
+        if args.chat:
+            return run_chat(args)
         return run_batch(args) if args.input is not None else run_one(args)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

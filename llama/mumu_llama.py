@@ -140,7 +140,7 @@ class MuMuLLaMA(nn.Module):
                  max_new_tokens: int | list[int] = 128, temperature: float = 0.0, top_p: float = 0.9,
                  eos_id: int = 2, force_music: bool | list[bool] = False, use_cache: bool = True,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 decode_step=None) -> GenerationResult:
+                 decode_step=None, on_token=None) -> GenerationResult:
         """Decode up to `max_new_tokens` per prompt (left-padded batch).
 
         When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow
@@ -151,6 +151,8 @@ class MuMuLLaMA(nn.Module):
         per prompt: each row then samples from its own stream, so a sampled answer does not depend
         on its batch-mates (batched inference relies on this). `decode_step` (see
         `llama.compiled_decode`) replaces the cached one-token step, e.g. by a compiled one.
+        `on_token(row, token_id)` is called for every token as it is chosen (streaming); it only
+        observes, so the result is the same with or without it.
         """
         L = self.cfg.llama
         B, device = len(prompts), self.prefix_query.weight.device
@@ -209,6 +211,8 @@ class MuMuLLaMA(nn.Module):
                     aud_hidden[b].append(hidden[b, -1].float().clone())
                 g.append(t)
                 nxt[b] = t
+                if on_token is not None:
+                    on_token(b, t)
                 if len(aud_hidden[b]) == n_aud:
                     done[b] = True
             if all(done):

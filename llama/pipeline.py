@@ -208,16 +208,22 @@ class MuMuPipeline:
     def answer(self, prompt: str, audio=None, image=None, video=None, music: bool = False,
                duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
-               template: bool = True, decode_step=None) -> Answer:
+               template: bool = True, decode_step=None, on_token=None, edit_mode: str = "none",
+               progress=None, prompt_ids: list[int] | None = None) -> Answer:
+        """on_token(row, id) sees each token as chosen (streaming); edit_mode (llama.long_music)
+        conditions the music on `audio` too; progress(done, total) follows the music render;
+        prompt_ids replaces the templated prompt (a conversation, llama/chat.py).
+        With the defaults this is the plain one-request path."""
         check_answer_settings(prompt, music, duration)
         t0 = time.perf_counter()
         feats = self.features(audio, image, video)
         t1 = time.perf_counter()
-        ids = self.tokenizer.encode(format_prompt(prompt) if template else prompt, bos=True)
+        ids = prompt_ids if prompt_ids is not None else \
+            self.tokenizer.encode(format_prompt(prompt) if template else prompt, bos=True)
         gen = torch.Generator().manual_seed(seed)
         result = self.model.generate([ids], feats, max_new_tokens=max_new_tokens, temperature=temperature,
                                      top_p=top_p, eos_id=self.tokenizer.eos_id, force_music=music,
-                                     generator=gen, decode_step=decode_step)
+                                     generator=gen, decode_step=decode_step, on_token=on_token)
         t2 = time.perf_counter()
         out = Answer(self.tokenizer.decode(result.tokens[0]).strip(), result.tokens[0])
         out.timings = {"encode_s": t1 - t0, "generate_s": t2 - t1, "new_tokens": len(result.tokens[0])}
@@ -225,9 +231,12 @@ class MuMuPipeline:
         if cond is not None:
             decoder = self.decoder()
             kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-            wave = decoder.render_projected(cond[None] / self.model.cfg.bridge_scale, duration=duration,
-                                            seeds=[seed], **kwargs)
-            out.audio, out.sample_rate = wave[0], decoder.sampling_rate
+            from .long_music import edit_mode_for, render_music
+            mode = edit_mode_for(decoder, edit_mode) if audio is not None else "none"
+            source = load_audio(audio, decoder.sampling_rate) if mode != "none" else None
+            out.audio = render_music(decoder, cond[None] / self.model.cfg.bridge_scale, duration, seed,
+                                     source=source, edit_mode=mode, progress=progress, **kwargs)
+            out.sample_rate = decoder.sampling_rate
             out.timings["render_s"] = time.perf_counter() - t2
         return out
 

@@ -96,13 +96,15 @@ def test_never_shares(monkeypatch, tiny_bundle):
     seen = {}
 
     class FakeDemo:
-        def queue(self):
+        def queue(self, **kwargs):
+            seen.update(kwargs)
             return self
 
         def launch(self, **kwargs):
             seen.update(kwargs)
 
     monkeypatch.setattr(gradio_app, "load_pipeline", lambda args: object())
-    monkeypatch.setattr(gradio_app, "build_demo", lambda pipe: FakeDemo())
-    assert gradio_app.main(["--ckpt-dir", str(tiny_bundle)]) == 0
+    monkeypatch.setattr(gradio_app, "build_demo", lambda pipe, cfg=None: FakeDemo())
+    assert gradio_app.main(["--ckpt-dir", str(tiny_bundle), "--concurrency", "2"]) == 0
     assert seen["share"] is False and seen["server_name"] == "127.0.0.1"
+    assert seen["default_concurrency_limit"] == 2 and seen["max_file_size"] == 100_000_000

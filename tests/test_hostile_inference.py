@@ -120,8 +120,9 @@ def test_prompt_longer_than_context(cli):
 
 
 def test_duration_beyond_what_musicgen_renders(cli, tmp_path):
-    rc, _, err = cli("--prompt", "Music.", "--music", "--duration", "60", "--output", tmp_path / "o.wav")
-    assert rc == 2 and "longer than the 40.92 s the musicgen decoder can render" in last_error(err)
+    # past MusicGen's 41 s position table pieces render in windows (llama/long_music.py), up to 120 s
+    rc, _, err = cli("--prompt", "Music.", "--music", "--duration", "121", "--output", tmp_path / "o.wav")
+    assert rc == 2 and "must be > 0 and <= 120" in last_error(err)
     assert not (tmp_path / "o.wav").exists()
 
 
@@ -228,7 +229,6 @@ BAD = [   # (request, error in results.jsonl)
     ({"id": "seed-float", "prompt": "Describe.", "seed": 1.5}, "seed must be an integer"),
     ({"id": "tokens-str", "prompt": "Describe.", "max_new_tokens": "5"}, "max_new_tokens must be an integer"),
     ({"id": "dur-huge", "prompt": "Music.", "music": True, "duration": 1e9}, "duration must be > 0 and <= 120"),
-    ({"id": "dur-60", "prompt": "Music.", "music": True, "duration": 60}, "the musicgen decoder can render"),
     ({"id": "typo", "prompt": "Music.", "durration": 3}, "unknown field 'durration'"),
     ({"id": "no-prompt"}, "prompt must be a string, got None"),
     ({"id": "blank", "prompt": "   "}, "prompt is empty"),

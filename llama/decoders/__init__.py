@@ -16,8 +16,11 @@ MAX_DURATION_S = 120.0
 
 
 def max_duration(decoder) -> float:
-    """Longest clip `decoder` can render, in seconds: MusicGen's position table over its frame
-    rate (2048 / 50 Hz ~ 41 s, less the codebook delay), else MAX_DURATION_S."""
+    """Longest clip `decoder` can render, in seconds: MAX_DURATION_S (MusicGen renders past its
+    position table in overlapping windows, llama/long_music.py); else a MusicGen-like decoder's
+    position table over its frame rate (2048 / 50 Hz ~ 41 s, less the codebook delay)."""
+    if hasattr(decoder, "_audio_prompt"):
+        return MAX_DURATION_S
     model_cfg = getattr(getattr(decoder, "model", None), "config", None)
     positions = getattr(getattr(model_cfg, "decoder", None), "max_position_embeddings", None)
     codebooks = getattr(getattr(model_cfg, "decoder", None), "num_codebooks", 0) or 0

@@ -136,20 +136,37 @@ class MusicGenDecoder:
                 f"output projector makes ({cfg.n_queries} x {cfg.out_dim}) but this MusicGen expects "
                 f"({self.cond_tokens} x {self.cond_dim}): checkpoint and --music-decoder disagree")
 
-    def render_projected(self, projected: torch.Tensor, duration: float, **kwargs) -> np.ndarray:
-        """Render from the projector output (already divided by the bridge scale)."""
-        return self.render(projected, duration, **kwargs)
+    def render_projected(self, projected: torch.Tensor, duration: float, window=None, **kwargs) -> np.ndarray:
+        """Render from the projector output (already divided by the bridge scale). Longer than
+        `window.window_s` (30 s, MusicGen's training length): in overlapping windows, row by row
+        (llama.long_music.render_long)."""
+        from ..long_music import WindowConfig, render_long
+        window = window or WindowConfig()
+        if float(duration) <= window.window_s:
+            return self.render(projected, duration, **kwargs)
+        seeds = kwargs.pop("seeds", None)
+        seed = kwargs.pop("seed", None)
+        prompts = kwargs.pop("audio_prompt", None)
+        rows = []
+        for b in range(projected.shape[0]):
+            row_seed = seeds[b] if seeds is not None else (seed or 0)
+            rows.append(render_long(self, projected[b:b + 1], duration, row_seed,
+                                    None if prompts is None else prompts[b], window=window, **kwargs))
+        return np.stack(rows)                                                      # (B, n_samples)
 
     def render(self, cond: torch.Tensor, duration: float, guidance_scale: float = 3.0,
                temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
                seed: int | None = None, cond_mask: torch.Tensor | None = None,
-               seeds: list[int] | None = None) -> np.ndarray:
+               seeds: list[int] | None = None, audio_prompt=None, progress=None) -> np.ndarray:
         """Audio (B, round(duration * sampling_rate)) float32 conditioned on `cond`.
 
         cond: (B, cond_tokens, cond_dim), the projector output already divided by the bridge
         scale. cond_mask: (B, cond_tokens), 1 = attend; default all ones. `seeds` (one per row,
         instead of `seed`) samples each row from its own generator, so a row's audio does not
         depend on the rest of the batch (batched inference).
+        audio_prompt: (B, T) float waveform at `sampling_rate` that the clip continues (MusicGen's
+        audio-prompt continuation: the decoder hears it, so edits keep its key and timbre); the
+        returned audio is only the new part. progress(done, total) is called once per frame step.
         """
         want = (self.cond_tokens, self.cond_dim)
         if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or tuple(cond.shape[1:]) != want:
@@ -175,13 +192,32 @@ class MusicGenDecoder:
         dummy = torch.full((B, 1), -100, dtype=torch.long, device=self.device)
         kwargs = dict(inputs=dummy, attention_mask=mask,
                       encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
+        skip = 0
+        if audio_prompt is not None:
+            kwargs["input_values"], skip = self._audio_prompt(audio_prompt, B)
         return self._generate(kwargs, B, duration, guidance_scale, temperature, top_k,
-                              do_sample, seed, seeds)
+                              do_sample, seed, seeds, skip=skip, progress=progress)
+
+    def _audio_prompt(self, audio, batch: int) -> tuple[torch.Tensor, int]:
+        """(B, T) waveform -> ((B, 1, T') tensor, T') with T' a whole number of codec frames, so
+        the prompt's own reconstruction can be cut off the output exactly."""
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if wave.dim() == 1:
+            wave = wave[None]
+        hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
+        usable = (wave.shape[-1] // hop) * hop
+        if wave.dim() != 2 or wave.shape[0] != batch or usable == 0:
+            raise DecoderError(f"audio prompt of shape {tuple(wave.shape)}: need ({batch}, >= {hop}) samples "
+                               f"at {self.sampling_rate} Hz")
+        limit = self.model.config.decoder.max_position_embeddings // 2
+        usable = min(usable, limit * hop)          # at most half the position table
+        wave = wave[:, wave.shape[-1] - usable:]   # the last seconds: what the new clip continues
+        return wave[:, None].to(self.device, self.model.dtype), usable
 
     @torch.no_grad()
     def _generate(self, kwargs: dict, batch: int, duration: float, guidance_scale: float,
                   temperature: float, top_k: int, do_sample: bool, seed: int | None,
-                  seeds: list[int] | None = None) -> np.ndarray:
+                  seeds: list[int] | None = None, skip: int = 0, progress=None) -> np.ndarray:
         n_samples = duration_samples(duration, self.sampling_rate)
         hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
         frames = math.ceil(n_samples / hop)
@@ -197,6 +233,12 @@ class MusicGenDecoder:
                 codebooks = self.model.decoder.num_codebooks
                 sampling = dict(do_sample=False, temperature=None, top_k=None,
                                 logits_processor=_SamplerLast([PerRowSampler(seeds, codebooks, temperature, top_k)]))
+        if progress is not None:
+            counter = _StepCounter(progress, max_new_tokens)
+            if "logits_processor" in sampling:
+                sampling["logits_processor"].append(counter)
+            else:
+                sampling["logits_processor"] = _LogitsProcessorList([counter])
         # a seed forks the RNG so the caller's random stream is untouched; no seed = global RNG
         fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []) \
             if seed is not None else contextlib.nullcontext()
@@ -207,7 +249,7 @@ class MusicGenDecoder:
                 torch.manual_seed(seed)
             audio = self.model.generate(**kwargs, max_new_tokens=max_new_tokens,
                                         guidance_scale=guidance_scale, **sampling)  # (B, 1, T)
-        audio = audio[:, 0].float().cpu().numpy()              # (B, T), first channel
+        audio = audio[:, 0, skip:].float().cpu().numpy()       # (B, T), first channel, new part
         assert audio.shape[0] == batch, (audio.shape, batch)
         out = np.zeros((batch, n_samples), dtype=np.float32)                  # trim or zero-pad
         n = min(n_samples, audio.shape[1])
@@ -277,3 +319,15 @@ class PerRowSampler(_LogitsProcessor):
                             for i, g in enumerate(self.generators)])      # (B * K, 1)
         out = torch.full_like(scores, -float("inf"))
         return out.scatter_(-1, chosen.to(scores.device), 0.0)
+
+
+class _StepCounter(_LogitsProcessor):
+    """Reports generation progress (one call per frame step); leaves the scores as they are."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.done += 1
+        self.progress(min(self.done, self.total), self.total)
+        return scores

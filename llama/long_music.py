@@ -1,0 +1,117 @@
+"""Music rendering beyond one decoder pass, and edits that hear their source.
+
+MusicGen was trained on 30 s clips, and its position table ends at ~41 s. A longer piece is
+rendered in overlapping windows: each window is a MusicGen audio-prompt continuation of the last
+`overlap_s` seconds of the piece so far, and only its new part is appended, so every seam is a
+continuation the decoder itself produced rather than a cut between two independent clips.
+
+An edit (music requested with source audio) conditions the decoder on the source as well as on
+the projector's output: `prompt` continues the source's last seconds (MusicGen audio prompt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .decoders import DecoderError
+
+EDIT_MODES = ("auto", "prompt", "melody", "none")
+
+
+@dataclass
+class WindowConfig:
+    window_s: float = 30.0           # new audio per window: MusicGen's training length
+    overlap_s: float = 5.0           # seconds of the previous audio each window continues
+
+
+def edit_mode_for(decoder, mode: str) -> str:
+    """The concrete conditioning for `mode` on `decoder`: `auto` is `prompt` for MusicGen and
+    `none` for AudioLDM2 (no latent init yet); an impossible choice is a one-line error."""
+    if mode not in EDIT_MODES:
+        raise DecoderError(f"--edit-mode {mode!r}: choose from {', '.join(EDIT_MODES)}")
+    prompts = hasattr(decoder, "_audio_prompt")                 # MusicGen: audio-prompt continuation
+    if mode == "auto":
+        return "prompt" if prompts else "none"
+    if mode == "prompt" and not prompts:
+        raise DecoderError("--edit-mode prompt needs a MusicGen decoder (AudioLDM2 has no audio prompt)")
+    if mode == "melody":
+        raise DecoderError("--edit-mode melody needs a MusicGen-Melody decoder folder; this one is not")
+    return mode
+
+
+def needs_windows(decoder, duration: float, cfg: WindowConfig | None = None) -> bool:
+    return hasattr(decoder, "_audio_prompt") and duration > (cfg or WindowConfig()).window_s
+
+
+def render_music(decoder, cond, duration: float, seed: int, source: np.ndarray | None = None,
+                 edit_mode: str = "none", progress=None, **kwargs) -> np.ndarray:
+    """One clip (n_samples,) from the projector output `cond` (1, N, C), already divided by the
+    bridge scale. With edit_mode `prompt` and a mono `source` at the decoder's rate the clip
+    continues the source. With neither a source nor `progress` this is exactly
+    `decoder.render_projected(cond, duration, seeds=[seed])`; MusicGen renders long pieces in
+    windows itself (`render_long`)."""
+    if edit_mode == "prompt" and source is not None:
+        if len(source) == 0:
+            raise DecoderError("the source audio of the edit is empty")
+        kwargs["audio_prompt"] = np.asarray(source, dtype=np.float32)[None]        # (1, T)
+    if progress is not None and hasattr(decoder, "_audio_prompt"):
+        kwargs["progress"] = progress
+    return decoder.render_projected(cond, duration=duration, seeds=[seed], **kwargs)[0]
+
+
+def render_long(decoder, cond, duration: float, seed: int, prompt: np.ndarray | None = None,
+                progress=None, window: WindowConfig | None = None, **kwargs) -> np.ndarray:
+    """(n_samples,) in windows of `window_s` new seconds, each continuing the last `overlap_s`
+    seconds so far (the source's, for the first window of an edit). cond: (1, N, C).
+    progress(done, 1000) reports the fraction of the piece; window i samples with seed + i."""
+    from .decoders import duration_samples
+
+    window = window or WindowConfig()
+    if not 0 < window.overlap_s < window.window_s:
+        raise DecoderError(f"window overlap {window.overlap_s:g} s must be > 0 and < the window "
+                           f"{window.window_s:g} s")
+    sr = decoder.sampling_rate
+    total = duration_samples(duration, sr)
+    lengths, left = [], total
+    while left > 0:
+        lengths.append(min(left, round(window.window_s * sr)))
+        left -= lengths[-1]
+    pieces: list[np.ndarray] = []
+    keep = round(window.overlap_s * sr)
+    bar = _bar(len(lengths)) if progress is None else None
+    for i, n in enumerate(lengths):
+        def tick(done, steps, i=i):                      # progress in 1/1000 of the whole piece
+            if progress is not None:
+                progress(round(1000 * (i + done / steps) / len(lengths)), 1000)
+        context = np.concatenate(pieces)[-keep:] if pieces else prompt
+        extra = {} if context is None else {"audio_prompt": np.asarray(context, np.float32)[None]}
+        pieces.append(decoder.render(cond, n / sr, seeds=[seed + i], progress=tick,
+                                     **extra, **kwargs)[0])                       # (n,)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return np.concatenate(pieces)[:total]
+
+
+def _bar(n: int):
+    """A progress bar over the windows on stderr (tqdm hides itself when stderr is no terminal)."""
+    import sys
+
+    from tqdm import tqdm
+    return tqdm(total=n, desc="music windows", unit="window", file=sys.stderr, disable=None)
+
+
+def seam_report(audio: np.ndarray, sr: int, seams_s: list[float], frame_s: float = 0.05) -> dict:
+    """RMS change between consecutive `frame_s` frames: at each seam vs all frame pairs inside the
+    windows (the measure of a seam jump)."""
+    hop = max(1, round(frame_s * sr))
+    n = len(audio) // hop
+    rms = np.sqrt(np.mean(audio[:n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1))   # (n,)
+    change = np.abs(np.diff(rms))                                                           # (n-1,)
+    at = sorted({min(n - 2, max(0, round(s * sr / hop) - 1)) for s in seams_s})
+    inside = np.delete(change, at)
+    return {"seam_changes": [float(change[i]) for i in at],
+            "within_median": float(np.median(inside)), "within_p95": float(np.percentile(inside, 95)),
+            "within_max": float(inside.max()), "mean_rms": float(rms.mean())}
