@@ -191,7 +191,8 @@ class MuMuLLaMA(nn.Module):
             else:
                 logits, hidden = self.llm(seq[:, :end], adapter_res, key_mask=km, logits_for="last")
             sampled = self._sample(logits[:, -1], temperature, top_p, generator)   # (B,)
-            nxt = torch.full((B,), eos_id, dtype=torch.long)
+            # rows already done are fed a filler token (never read); eos_id may be -1, "no EOS"
+            nxt = torch.full((B,), max(eos_id, 0), dtype=torch.long)
             for b in range(B):
                 if done[b]:
                     continue
