@@ -280,7 +280,7 @@ def build_demo(pipe, cfg: AppConfig | None = None):
                 image_in = gr.File(label="Image (optional)", type="filepath", elem_id="image_in")
                 video_in = gr.File(label="Video (optional)", type="filepath", elem_id="video_in")
                 make_music = gr.Checkbox(label="Make music", value=False, elem_id="make_music")
-                duration = gr.Slider(0.5, 120, value=5, step=0.5, label="Duration (s)")
+                duration = gr.Slider(0.1, 120, value=5, step=0.1, label="Duration (s)")
                 temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                 seed = gr.Number(value=0, precision=0, label="Seed")
