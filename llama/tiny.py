@@ -222,6 +222,28 @@ def write_audioldm2(folder: Path, cfg: MuMuConfig, seed: int) -> Path:
 
 # ---------------------------------------------------------------- the bundle
 
+LLM_SIZE_FIELDS = ("dim", "n_layers", "n_heads", "adapter_layers_per_modality", "lora_rank")
+
+
+def llm_sizes(cfg: MuMuConfig) -> dict[str, int]:
+    return {k: getattr(cfg.llama, k) for k in LLM_SIZE_FIELDS}
+
+
+def tiny_config(music_decoder: str = "musicgen", **llm) -> MuMuConfig:
+    """The tiny preset, with the LLM's sizes (`LLM_SIZE_FIELDS`) changed where given; adapters and
+    projector follow the LLM's width. Encoders and decoders keep the preset's sizes."""
+    cfg = preset("tiny", music_decoder=music_decoder)
+    unknown = set(llm) - set(LLM_SIZE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown LLM size {sorted(unknown)} (known: {', '.join(LLM_SIZE_FIELDS)})")
+    for k, v in llm.items():
+        setattr(cfg.llama, k, int(v))
+    for adapter in (cfg.audio_adapter, cfg.image_adapter, cfg.video_adapter):
+        adapter.out_dim = cfg.llama.dim
+    cfg.projector.in_dim = cfg.llama.dim
+    return cfg
+
+
 def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
     from llama.checkpoint import write_tiny_mumu_checkpoint
     from llama.decoders.tiny_decoders import build_tiny_musicgen
@@ -233,14 +255,16 @@ def _write_all(root: Path, cfg: MuMuConfig, seed: int) -> None:
     build_tiny_musicgen(root / LAYOUT["musicgen"], cond_dim=cfg.projector.out_dim,
                         n_cond_tokens=cfg.projector.n_queries, seed=seed + 4)
     write_tiny_mumu_checkpoint(root / LAYOUT["mumu"], cfg, seed + 5)
-    ldm = preset("tiny", music_decoder="audioldm2")
+    ldm = tiny_config("audioldm2", **llm_sizes(cfg))
     write_audioldm2(root / LAYOUT["audioldm2"], ldm, seed + 6)
     write_tiny_mumu_checkpoint(root / LAYOUT["mumu_audioldm2"], ldm, seed + 7)
     (root / BUNDLE_FILE).write_text(json.dumps(LAYOUT, indent=2) + "\n")  # written last
 
 
-def build_tiny_bundle(out_dir: str | Path, seed: int = 0, force: bool = False) -> Path:
-    """Build the bundle into a temp dir next to `out_dir`, then rename: never a half bundle."""
+def build_tiny_bundle(out_dir: str | Path, seed: int = 0, force: bool = False,
+                      llm: dict[str, int] | None = None) -> Path:
+    """Build the bundle into a temp dir next to `out_dir`, then rename: never a half bundle.
+    `llm` changes the LLM's sizes (see `tiny_config`), e.g. a deeper one for the synthetic world."""
     out = Path(out_dir)
     if (out / BUNDLE_FILE).exists() and not force:
         return out
@@ -251,7 +275,7 @@ def build_tiny_bundle(out_dir: str | Path, seed: int = 0, force: bool = False) -
     tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary folder
     try:
         with quiet_progress():
-            _write_all(tmp, preset("tiny"), seed)
+            _write_all(tmp, tiny_config(**(llm or {})), seed)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
