@@ -21,20 +21,24 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 # The trained tiny default when one is shipped in assets/tiny_trained (`make ship-default`),
-# else random weights built here.
-ckpts/tiny/bundle.json: $(VENV)/.installed
-	$(PY) -m llama.tiny ckpts/tiny --trained
+# else random weights built here. A newer shipped default replaces an older build.
+ckpts/tiny/bundle.json: $(VENV)/.installed $(wildcard assets/tiny_trained/bundle.json)
+	$(PY) -m llama.tiny ckpts/tiny --trained --force
 
 tiny: ckpts/tiny/bundle.json
 
-# Builds the tiny bundle and example media, then answers the example requests
-# (audio, image, video, text-only + music) and writes WAVs to outputs/demo/.
+# With the shipped trained default: answers held-out requests of the synthetic world (music
+# questions, a description, music for a picture, a video and a caption), prints each answer
+# beside the truth, writes WAVs to outputs/demo/. Without it: random weights on example media.
 demo: tiny
-	$(PY) -m llama.examples assets/generated
 	rm -f outputs/demo/results.jsonl
-	$(PY) inference.py --input assets/generated/requests.jsonl --output-dir outputs/demo
-	$(PY) inference.py --prompt "Compose a short piece for this picture." --image assets/generated/image.png \
-		--music --music-decoder audioldm2 --duration 2 --output outputs/demo/audioldm2.wav
+	@if [ -f assets/demo/requests.jsonl ] && [ -f assets/tiny_trained/bundle.json ]; then \
+	  $(PY) inference.py --input assets/demo/requests.jsonl --output-dir outputs/demo && \
+	  echo && $(PY) -m DataSet.synth.demo check outputs/demo/results.jsonl assets/demo/truth.json; \
+	else \
+	  $(PY) -m llama.examples assets/generated && \
+	  $(PY) inference.py --input assets/generated/requests.jsonl --output-dir outputs/demo; \
+	fi
 	@echo "answers: outputs/demo/results.jsonl   music: outputs/demo/*.wav"
 
 # The learning proof on the synthetic world: world -> stand-ins -> stages 1-3 -> held-out report
