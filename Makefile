@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test tiny bench clean app synth ship-default
+.PHONY: setup demo test tiny bench clean app synth synth-eval ship-default
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ demo: tiny
 # (outputs/synth/report.json, report.png) and a trained bundle (outputs/synth/trained_bundle).
 synth: setup
 	$(PY) -m DataSet.synth.proof outputs/synth --size 200
+
+# The evaluation metrics (evaluate.py) on the held-out world for the trained bundle of `make synth`.
+synth-eval: setup
+	$(PY) -m llama.metrics.tiny_models outputs/eval_models
+	$(PY) evaluate.py synth-requests --world outputs/synth/world/heldout --out outputs/synth/eval_req
+	rm -f outputs/synth/eval_trained/results.jsonl
+	$(PY) inference.py --ckpt-dir outputs/synth/trained_bundle --input outputs/synth/eval_req/requests.jsonl \
+		--output-dir outputs/synth/eval_trained
+	$(PY) evaluate.py synth --world outputs/synth/world/heldout --results outputs/synth/eval_trained \
+		--bert-dir outputs/eval_models/bert --embed-model outputs/synth/trained_bundle/MERT --embed-kind audio \
+		--classifier outputs/eval_models/ast --clap outputs/eval_models/clap
 
 # Replace the shipped trained default and demo requests with those of the last `make synth`.
 ship-default: synth
