@@ -280,11 +280,11 @@ def build_demo(pipe, cfg: AppConfig | None = None):
                 image_in = gr.File(label="Image (optional)", type="filepath", elem_id="image_in")
                 video_in = gr.File(label="Video (optional)", type="filepath", elem_id="video_in")
                 make_music = gr.Checkbox(label="Make music", value=False, elem_id="make_music")
-                duration = gr.Slider(0.1, 120, value=5, step=0.1, label="Duration (s)")
+                duration = gr.Slider(0.1, 120, value=5, step=0.1, label="Duration (s)", elem_id="duration")
                 temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
                 seed = gr.Number(value=0, precision=0, label="Seed")
-                max_new = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
+                max_new = gr.Slider(1, 512, value=128, step=1, label="Max new tokens", elem_id="max_new")
                 gr.Markdown(f"Uploads up to {cfg.max_upload_mb:g} MB.")
 
         def _respond(message, history, conv, audio, image, video, music, dur, temp, tp, sd, mnt):
