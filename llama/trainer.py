@@ -86,8 +86,9 @@ class Trainer:
         ckpt = cfg.ckpt_dir or ensure_tiny_bundle(Path(__file__).resolve().parents[1] / "ckpts" / "tiny")
         paths = BundlePaths.from_bundle(ckpt, music_decoder=cfg.music_decoder)
         if cfg.init_from is not None:   # stage N+1 starts from stage N: its weights and its sizes
+            own = Path(cfg.init_from) / "config.json"
             setattr(paths, "mumu_audioldm2" if paths.music_decoder == "audioldm2" else "mumu",
-                    Path(cfg.init_from).resolve())
+                    Path(cfg.init_from).resolve() if own.is_file() else None)
         self.pipe = MuMuPipeline.load(paths, device=str(self.acc.device), trust_remote_code=cfg.trust_remote_code,
                                       merge_lora=False)
         model = self.pipe.model
