@@ -141,3 +141,13 @@ def test_cli_chat(tiny_bundle, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--chat", "--prompt", "x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --chat reads its messages")
+
+
+def test_cli_stream_prints_the_same_answer(tiny_bundle, capsys):
+    import inference
+    base = ["--ckpt-dir", str(tiny_bundle), "--prompt", "Describe a calm song.", "--max-new-tokens", "10"]
+    assert inference.main(base) == 0
+    plain = capsys.readouterr().out
+    assert inference.main(base + ["--stream"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.strip() == plain.strip() and plain.strip()
