@@ -41,14 +41,21 @@ def plot_report(report: dict, runs: list[Path], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [1, 1.3]})
-    for run in runs:
+    for n, run in enumerate(runs):
+        colour = f"C{n}"
         for key, style in (("ce_loss", "-"), ("bridge_loss", "--")):
             steps, values = _curve(run, key)
             if steps:
-                ax1.plot(steps, values, style, label=f"{run.name} {key}")
+                ax1.plot(steps, values, style, color=colour, alpha=0.45, linewidth=0.8,
+                         label=f"{run.name} {key}")
+        for key, marker in (("eval_ce_loss", "o-"), ("eval_bridge_loss", "s--")):
+            steps, values = _curve(run, key)
+            if steps:
+                ax1.plot(steps, values, marker, color=colour, markersize=4, linewidth=1.8,
+                         label=f"{run.name} held-out {key[5:]}")
     ax1.set_yscale("log")
     ax1.set_xlabel("optimizer step")
-    ax1.set_title("training loss per stage")
+    ax1.set_title("loss per stage (thin: training, markers: held-out)")
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
     rows = scores(report)
