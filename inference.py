@@ -97,10 +97,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--top-p", type=_option("top_p"), default=0.9)
     gen.add_argument("--guidance-scale", type=_option("guidance_scale"), default=None)
     gen.add_argument("--seed", type=_option("seed"), default=0)
-    gen.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "none"], default="auto",
+    gen.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "init", "none"], default="auto",
                      help="music with source audio (one request, --chat): also condition the decoder on the "
-                          "source (prompt: MusicGen continues it; melody: MusicGen-Melody chroma); "
-                          "auto = prompt for MusicGen, none for AudioLDM2. Batch requests render without it")
+                          "source (prompt: MusicGen continues it; melody: MusicGen-Melody chroma; init: AudioLDM2 "
+                          "starts from its latents); auto = prompt for MusicGen, melody for a MusicGen-Melody "
+                          "folder, init for AudioLDM2. Batch requests render without it")
+    gen.add_argument("--edit-strength", type=float, default=0.6,
+                     help="--edit-mode init: how far from the source, 0 (the source) to 1 (from scratch)")
     gen.add_argument("--stream", action="store_true", help="print the answer token by token (one request, --chat)")
     p.add_argument("--chat", action="store_true",
                    help="a conversation in the terminal: /audio PATH, /image PATH, /video PATH, /music, /reset; "
@@ -114,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either --prompt (one request) or --input (batch)")
     if args.input is not None and args.output_dir is None:
         p.error("--input needs --output-dir")
+    if not 0 <= args.edit_strength <= 1:
+        p.error(f"--edit-strength {args.edit_strength:g}: give a number from 0 (the source) to 1 (from scratch)")
     if args.input is not None and args.output is not None:
         p.error("--output is for one request; a batch writes into --output-dir")
     if args.output is not None and args.output.suffix.lower() != ".wav":
@@ -212,7 +217,7 @@ def run_one(args) -> int:
         from llama.chat_repl import TextStream, printable
         stream = TextStream(pipe.tokenizer, lambda s: print(printable(s), end="", flush=True))
     ans = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), decode_step=step, on_token=stream,
-                      edit_mode=args.edit_mode)
+                      edit_mode=args.edit_mode, edit_strength=args.edit_strength)
     print("" if stream else (display_text(ans.text) or "(no text)"), flush=True)
     if ans.audio is not None:
         check_output_file(output)

@@ -6,7 +6,9 @@ rendered in overlapping windows: each window is a MusicGen audio-prompt continua
 continuation the decoder itself produced rather than a cut between two independent clips.
 
 An edit (music requested with source audio) conditions the decoder on the source as well as on
-the projector's output: `prompt` continues the source's last seconds (MusicGen audio prompt).
+the projector's output: `prompt` continues the source's last seconds (MusicGen audio prompt),
+`melody` follows the source's chroma (a MusicGen-Melody folder), `init` starts AudioLDM2's
+diffusion from the source's VAE latents noised to `edit_strength` (0: the source, 1: scratch).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import numpy as np
 
 from .decoders import DecoderError
 
-EDIT_MODES = ("auto", "prompt", "melody", "none")
+EDIT_MODES = ("auto", "prompt", "melody", "init", "none")
+DEFAULT_EDIT_STRENGTH = 0.6
 
 
 @dataclass
@@ -26,18 +29,36 @@ class WindowConfig:
 
 
 def edit_mode_for(decoder, mode: str) -> str:
-    """The concrete conditioning for `mode` on `decoder`: `auto` is `prompt` for MusicGen and
-    `none` for AudioLDM2 (no latent init yet); an impossible choice is a one-line error."""
+    """The concrete conditioning for `mode` on `decoder`: `auto` is `prompt` for MusicGen, `melody`
+    for MusicGen-Melody and `init` for AudioLDM2; an impossible choice is a one-line error."""
     if mode not in EDIT_MODES:
         raise DecoderError(f"--edit-mode {mode!r}: choose from {', '.join(EDIT_MODES)}")
     prompts = hasattr(decoder, "_audio_prompt")                 # MusicGen: audio-prompt continuation
+    melody = getattr(decoder, "melody", False)                  # MusicGen-Melody: chroma
+    latents = hasattr(decoder, "source_latents")                # AudioLDM2: latent init
+    folder = getattr(decoder, "folder", None)
+    where = f" ({folder})" if folder is not None else ""
     if mode == "auto":
-        return "prompt" if prompts else "none"
+        return "prompt" if prompts else "melody" if melody else "init" if latents else "none"
     if mode == "prompt" and not prompts:
-        raise DecoderError("--edit-mode prompt needs a MusicGen decoder (AudioLDM2 has no audio prompt)")
-    if mode == "melody":
-        raise DecoderError("--edit-mode melody needs a MusicGen-Melody decoder folder; this one is not")
+        raise DecoderError("--edit-mode prompt needs a MusicGen decoder" + (
+            f": the MusicGen-Melody folder{where} has no audio-prompt continuation in transformers"
+            if melody else " (AudioLDM2 has no audio prompt)"))
+    if mode == "melody" and not melody:
+        raise DecoderError(f"--edit-mode melody needs a MusicGen-Melody decoder folder (config model_type "
+                           f"musicgen_melody); the decoder folder{where} is not one")
+    if mode == "init" and not latents:
+        raise DecoderError(f"--edit-mode init needs an AudioLDM2 decoder; the decoder folder{where} is MusicGen")
     return mode
+
+
+def check_strength(strength) -> float:
+    """--edit-strength: a number from 0 (keep the source) to 1 (render from scratch)."""
+    import math
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+            or not 0 <= strength <= 1:
+        raise DecoderError(f"--edit-strength must be a number from 0 to 1, got {strength!r}")
+    return float(strength)
 
 
 def needs_windows(decoder, duration: float, cfg: WindowConfig | None = None) -> bool:
@@ -45,17 +66,25 @@ def needs_windows(decoder, duration: float, cfg: WindowConfig | None = None) -> 
 
 
 def render_music(decoder, cond, duration: float, seed: int, source: np.ndarray | None = None,
-                 edit_mode: str = "none", progress=None, **kwargs) -> np.ndarray:
+                 edit_mode: str = "none", progress=None, edit_strength: float = DEFAULT_EDIT_STRENGTH,
+                 **kwargs) -> np.ndarray:
     """One clip (n_samples,) from the projector output `cond` (1, N, C), already divided by the
-    bridge scale. With edit_mode `prompt` and a mono `source` at the decoder's rate the clip
-    continues the source. With neither a source nor `progress` this is exactly
+    bridge scale. With a mono `source` at the decoder's rate: edit_mode `prompt` continues it,
+    `melody` follows its chroma, `init` starts the diffusion from it at `edit_strength`. With
+    neither a source nor `progress` this is exactly
     `decoder.render_projected(cond, duration, seeds=[seed])`; MusicGen renders long pieces in
     windows itself (`render_long`)."""
-    if edit_mode == "prompt" and source is not None:
+    if edit_mode in ("prompt", "melody", "init") and source is not None:
         if len(source) == 0:
             raise DecoderError("the source audio of the edit is empty")
-        kwargs["audio_prompt"] = np.asarray(source, dtype=np.float32)[None]        # (1, T)
-    if progress is not None and hasattr(decoder, "_audio_prompt"):
+        wave = np.asarray(source, dtype=np.float32)[None]                          # (1, T)
+        if edit_mode == "prompt":
+            kwargs["audio_prompt"] = wave
+        elif edit_mode == "melody":
+            kwargs["melody"] = wave
+        else:
+            kwargs.update(init_audio=wave, strength=check_strength(edit_strength))
+    if progress is not None and hasattr(decoder, "_generate"):                  # MusicGen(-Melody)
         kwargs["progress"] = progress
     return decoder.render_projected(cond, duration=duration, seeds=[seed], **kwargs)[0]
 

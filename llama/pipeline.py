@@ -209,9 +209,9 @@ class MuMuPipeline:
                duration: float = 5.0, max_new_tokens: int = 128, temperature: float = 0.0,
                top_p: float = 0.9, seed: int = 0, guidance_scale: float | None = None,
                template: bool = True, decode_step=None, on_token=None, edit_mode: str = "none",
-               progress=None, prompt_ids: list[int] | None = None) -> Answer:
+               progress=None, prompt_ids: list[int] | None = None, edit_strength: float = 0.6) -> Answer:
         """on_token(row, id) sees each token as chosen (streaming); edit_mode (llama.long_music)
-        conditions the music on `audio` too; progress(done, total) follows the music render;
+        conditions the music on `audio` too (edit_strength: AudioLDM2's `init`); progress(done, total) follows the music render;
         prompt_ids replaces the templated prompt (a conversation, llama/chat.py).
         With the defaults this is the plain one-request path."""
         check_answer_settings(prompt, music, duration)
@@ -235,7 +235,8 @@ class MuMuPipeline:
             mode = edit_mode_for(decoder, edit_mode) if audio is not None else "none"
             source = load_audio(audio, decoder.sampling_rate) if mode != "none" else None
             out.audio = render_music(decoder, cond[None] / self.model.cfg.bridge_scale, duration, seed,
-                                     source=source, edit_mode=mode, progress=progress, **kwargs)
+                                     source=source, edit_mode=mode, progress=progress,
+                                     edit_strength=edit_strength, **kwargs)
             out.sample_rate = decoder.sampling_rate
             out.timings["render_s"] = time.perf_counter() - t2
         return out

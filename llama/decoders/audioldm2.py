@@ -13,6 +13,7 @@ without it N = 128, what the published projector emits, and S = 200, diffusers' 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -43,6 +44,7 @@ class AudioLDM2Decoder:
         self.n_t5_tokens = int(n_t5_tokens)
         self.n_gpt2_tokens = N_GPT2_TOKENS
         self.default_steps = int(default_steps)
+        self.folder = None
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
@@ -67,6 +69,7 @@ class AudioLDM2Decoder:
         except (AttributeError, TypeError, ValueError) as e:
             raise DecoderError(one_line(f"{folder / META_FILE}: bad entry ({e})")) from e
         dec = cls(pipe, n_t5, steps)
+        dec.folder = folder
         dec._check_widths(folder)
         return dec
 
@@ -216,7 +219,8 @@ class AudioLDM2Decoder:
                duration: float, steps: int | None = None, guidance_scale: float = DEFAULT_GUIDANCE,
                seed: int | None = None, num_waveforms: int = 1, all_waveforms: bool = False,
                negative_prompt: str | list[str] | None = None,
-               attention_mask: torch.Tensor | None = None, seeds: list[int] | None = None) -> np.ndarray:
+               attention_mask: torch.Tensor | None = None, seeds: list[int] | None = None,
+               init_audio=None, strength: float = 0.6) -> np.ndarray:
         """Audio (B, round(duration * 16000)) float32, or (B, num_waveforms, n) with all_waveforms.
 
         prompt_embeds (B, n_t5, T5 width), generated_prompt_embeds (B, 8, GPT-2 width);
@@ -225,9 +229,19 @@ class AudioLDM2Decoder:
         of `negative_prompt` if given (which runs the text encoders and GPT-2; ignored without
         guidance, as in diffusers). `seeds` (one per row, instead of `seed`) draws each row's
         noise from its own generator, so a row's noise does not depend on its batch-mates.
+        init_audio (B, T) at 16 kHz: an edit. The diffusion starts from the source's VAE latents
+        noised to `strength` and runs only the last round(strength * steps) steps (diffusers'
+        img2img recipe); strength 0 gives the source's own VAE reconstruction, strength 1 is
+        exactly the render without a source.
         """
         settings = self._settings(duration, steps, guidance_scale, num_waveforms)
         B = self._check_embeds(prompt_embeds, generated_prompt_embeds)
+        start, latents = 0, None
+        if init_audio is not None and float(strength) < 1:
+            if settings[3] != 1:
+                raise DecoderError("an edit renders one waveform per request (num_waveforms 1)")
+            latents, start = self._init_latents(init_audio, B, settings[0], settings[1], float(strength),
+                                                seeds if seeds is not None else [seed] * B)
         dev, dt = self.device, self.dtype
         prompt = prompt_embeds.to(dev, dt)                                  # (B, n_t5, C5)
         generated = generated_prompt_embeds.to(dev, dt)                     # (B, 8, C2)
@@ -254,7 +268,68 @@ class AudioLDM2Decoder:
             if seed is not None or len(seeds) != B or settings[3] != 1:
                 raise DecoderError(f"seeds: one per row and one waveform each ({len(seeds)} seeds, batch {B})")
             seed = [int(s) for s in seeds]
-        return self._call(kwargs, B, *settings, seed, all_waveforms)
+        if latents is not None:
+            kwargs["latents"] = latents
+        return self._call(kwargs, B, *settings, seed, all_waveforms, start=start)
+
+    # ------------------------------------------------------------------------------ edits
+    @torch.no_grad()
+    def log_mel(self, audio) -> torch.Tensor:
+        """(B, T) waveform at 16 kHz -> (B, frames, mel bins) log-magnitude mel spectrogram, the
+        vocoder's input (AudioLDM's STFT: 1024-point Hann window, hop = the vocoder's upsampling,
+        Slaney mels up to 8 kHz, log of the magnitude clamped at 1e-5)."""
+        import librosa
+
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if wave.dim() == 1:
+            wave = wave[None]
+        if wave.dim() != 2 or wave.shape[-1] == 0:
+            raise DecoderError(f"source audio of shape {tuple(wave.shape)}: need (B, T > 0) samples at 16 kHz")
+        n_fft, hop = 1024, math.prod(self.pipe.vocoder.config.upsample_rates)
+        n_mels = int(self.pipe.vocoder.config.model_in_dim)
+        pad = (n_fft - hop) // 2
+        wave = torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect" if wave.shape[-1] > pad
+                                       else "constant")[:, 0]
+        spec = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), center=False,
+                          return_complex=True).abs()                         # (B, F, frames)
+        mel = torch.from_numpy(librosa.filters.mel(sr=self.sampling_rate, n_fft=n_fft, n_mels=n_mels,
+                                                   fmin=0, fmax=self.sampling_rate // 2)).float()
+        return torch.log(torch.clamp(mel @ spec, min=1e-5)).transpose(1, 2)  # (B, frames, mels)
+
+    @torch.no_grad()
+    def source_latents(self, audio, n_samples: int) -> torch.Tensor:
+        """The source's VAE latents (B, C, frames / 4, mels / 4) for a render of n_samples: its
+        first frames, padded with silence if shorter; the VAE's mean, times its scaling factor."""
+        mel = self.log_mel(audio)                                            # (B, F, mels)
+        hop = math.prod(self.pipe.vocoder.config.upsample_rates)
+        frames = round(self._length_in_s(n_samples) * self.sampling_rate / hop - 0.5)
+        if mel.shape[1] < frames:
+            mel = torch.nn.functional.pad(mel, (0, 0, 0, frames - mel.shape[1]), value=math.log(1e-5))
+        x = mel[:, None, :frames].to(self.device, self.dtype)                # (B, 1, frames, mels)
+        vae = self.pipe.vae
+        return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+
+    def _init_latents(self, audio, batch: int, n_samples: int, steps: int, strength: float,
+                      seeds) -> tuple[torch.Tensor, int]:
+        """(latents to start from, steps skipped): the source latents noised with the scheduler to
+        the first timestep that is still run; noise from each row's seed (the global RNG without)."""
+        if not 0 <= strength <= 1:
+            raise DecoderError(f"--edit-strength must be a number from 0 to 1, got {strength!r}")
+        clean = self.source_latents(audio, n_samples)
+        if clean.shape[0] != batch:
+            raise DecoderError(f"source audio for {clean.shape[0]} rows, batch {batch}")
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(steps, device=self.device)
+        run = min(steps, int(round(steps * strength)))
+        start = steps - run
+        if run == 0:
+            return clean / scheduler.init_noise_sigma, steps
+        noise = torch.stack([torch.randn(clean.shape[1:], generator=None if s is None else
+                                         torch.Generator().manual_seed(int(s))) for s in seeds])
+        t = scheduler.timesteps[start * scheduler.order:][:1].repeat(batch)
+        noisy = scheduler.add_noise(clean, noise.to(clean.device, clean.dtype), t)
+        # the pipeline multiplies given latents by init_noise_sigma: undo it
+        return noisy / scheduler.init_noise_sigma, start
 
     def _check_embeds(self, prompt, generated) -> int:
         for name, x, want in (("prompt_embeds", prompt, self.prompt_shape),
@@ -315,20 +390,42 @@ class AudioLDM2Decoder:
 
     @torch.no_grad()
     def _call(self, kwargs: dict, batch: int, n_samples: int, steps: int, guidance_scale: float,
-              num_waveforms: int, seed: int | list[int] | None, all_waveforms: bool) -> np.ndarray:
+              num_waveforms: int, seed: int | list[int] | None, all_waveforms: bool,
+              start: int = 0) -> np.ndarray:
         # a CPU generator gives the same noise on every device; no seed = the global RNG; a list
         # of seeds = one generator per row (diffusers draws row i's latents from generator i)
         if isinstance(seed, list):
             generator = [torch.Generator().manual_seed(s) for s in seed]
         else:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        out = self.pipe(**kwargs, audio_length_in_s=self._length_in_s(n_samples),
-                        num_inference_steps=steps, guidance_scale=guidance_scale,
-                        num_waveforms_per_prompt=num_waveforms, generator=generator,
-                        max_new_tokens=self.n_gpt2_tokens, output_type="np")
+        with _skip_first_steps(self.pipe.scheduler, start):
+            out = self.pipe(**kwargs, audio_length_in_s=self._length_in_s(n_samples),
+                            num_inference_steps=steps, guidance_scale=guidance_scale,
+                            num_waveforms_per_prompt=num_waveforms, generator=generator,
+                            max_new_tokens=self.n_gpt2_tokens, output_type="np")
         audio = np.asarray(out.audios, dtype=np.float32)                    # (B * W, T)
         audio = audio.reshape(batch, num_waveforms, -1)                     # grouped per prompt
         wave = np.zeros((batch, num_waveforms, n_samples), dtype=np.float32)  # trim or zero-pad
         n = min(n_samples, audio.shape[-1])
         wave[..., :n] = audio[..., :n]
         return wave if all_waveforms else wave[:, 0]
+
+
+@contextlib.contextmanager
+def _skip_first_steps(scheduler, start: int):
+    """While rendering, the scheduler's timesteps lose their first `start` steps (an edit runs
+    only the rest, from latents noised to the first one kept)."""
+    if not start:
+        yield
+        return
+    real = scheduler.set_timesteps
+
+    def set_timesteps(*args, **kwargs):
+        real(*args, **kwargs)
+        scheduler.timesteps = scheduler.timesteps[start * scheduler.order:]
+
+    scheduler.set_timesteps = set_timesteps
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps                                     # back to the class method

@@ -41,19 +41,31 @@ def _read_meta(path: Path) -> int:
     return n
 
 
-class MusicGenDecoder:
-    """A loaded MusicGen that renders audio from (B, cond_tokens, cond_dim) conditioning."""
+def _model_type(folder: Path) -> str | None:
+    """config.json's model_type ("musicgen", "musicgen_melody"); None if unreadable (the loader
+    then says what is wrong)."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
 
-    def __init__(self, model, processor, cond_tokens: int):
+
+class _MusicGenCore:
+    """What MusicGen and MusicGen-Melody share: loading, text conditioning, sampling."""
+
+    melody = False                          # MusicGen-Melody: conditioned on the chroma of audio
+
+    def __init__(self, model, processor, cond_tokens: int, folder: Path | None = None):
         self.model = model.eval()
         self.processor = processor          # None when the folder has no tokenizer
         self.cond_tokens = cond_tokens
+        self.folder = folder
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "MusicGenDecoder":
-        from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
-
+                        dtype: torch.dtype = torch.float32) -> "_MusicGenCore":
+        """A MusicGen folder; a MusicGen-Melody folder (config model_type "musicgen_melody")
+        gives a MusicGenMelodyDecoder."""
         folder = Path(folder)
         if not folder.is_dir():
             raise DecoderError(f"MusicGen folder {folder} does not exist")
@@ -61,16 +73,28 @@ class MusicGenDecoder:
             raise DecoderError(f"MusicGen folder {folder} has no config.json")
         if not any((folder / name).is_file() for name in _WEIGHT_FILES):
             raise DecoderError(f"MusicGen folder {folder} has no weights ({', '.join(_WEIGHT_FILES)})")
+        melody = _model_type(folder) == "musicgen_melody"
+        if melody:
+            from transformers import AutoTokenizer as Processor
+            from transformers import MusicgenMelodyForConditionalGeneration as Model
+            kind = MusicGenMelodyDecoder
+        else:
+            from transformers import MusicgenForConditionalGeneration as Model
+            from transformers import MusicgenProcessor as Processor
+            kind = MusicGenDecoder
         # every weight must load: a missing or mis-shaped one would otherwise stay random
-        model = load_checked(MusicgenForConditionalGeneration, folder, "MusicGen", DecoderError,
+        model = load_checked(Model, folder, "MusicGen-Melody" if melody else "MusicGen", DecoderError,
                              dtype=dtype).to(device)
         processor = None
         if any((folder / name).is_file() for name in _TOKENIZER_FILES):
-            try:
-                processor = MusicgenProcessor.from_pretrained(folder, local_files_only=True)
+            try:   # MusicGen-Melody: only the tokenizer (its feature extractor needs torchaudio)
+                processor = Processor.from_pretrained(folder, local_files_only=True)
             except (OSError, ValueError, KeyError) as e:
                 raise DecoderError(one_line(f"cannot load MusicGen's tokenizer from {folder}: {e}")) from e
-        return cls(model, processor, _read_meta(folder / META_FILE))
+        dec = kind(model, processor, _read_meta(folder / META_FILE), folder)
+        if melody:
+            dec._read_chroma_settings(folder)
+        return dec
 
     @property
     def sampling_rate(self) -> int:
@@ -136,28 +160,11 @@ class MusicGenDecoder:
                 f"output projector makes ({cfg.n_queries} x {cfg.out_dim}) but this MusicGen expects "
                 f"({self.cond_tokens} x {self.cond_dim}): checkpoint and --music-decoder disagree")
 
-    def render_projected(self, projected: torch.Tensor, duration: float, window=None, **kwargs) -> np.ndarray:
-        """Render from the projector output (already divided by the bridge scale). Longer than
-        `window.window_s` (30 s, MusicGen's training length): in overlapping windows, row by row
-        (llama.long_music.render_long)."""
-        from ..long_music import WindowConfig, render_long
-        window = window or WindowConfig()
-        if float(duration) <= window.window_s:
-            return self.render(projected, duration, **kwargs)
-        seeds = kwargs.pop("seeds", None)
-        seed = kwargs.pop("seed", None)
-        prompts = kwargs.pop("audio_prompt", None)
-        rows = []
-        for b in range(projected.shape[0]):
-            row_seed = seeds[b] if seeds is not None else (seed or 0)
-            rows.append(render_long(self, projected[b:b + 1], duration, row_seed,
-                                    None if prompts is None else prompts[b], window=window, **kwargs))
-        return np.stack(rows)                                                      # (B, n_samples)
-
     def render(self, cond: torch.Tensor, duration: float, guidance_scale: float = 3.0,
                temperature: float = 1.0, top_k: int = 250, do_sample: bool = True,
                seed: int | None = None, cond_mask: torch.Tensor | None = None,
-               seeds: list[int] | None = None, audio_prompt=None, progress=None) -> np.ndarray:
+               seeds: list[int] | None = None, audio_prompt=None, progress=None,
+               melody=None) -> np.ndarray:
         """Audio (B, round(duration * sampling_rate)) float32 conditioned on `cond`.
 
         cond: (B, cond_tokens, cond_dim), the projector output already divided by the bridge
@@ -167,6 +174,7 @@ class MusicGenDecoder:
         audio_prompt: (B, T) float waveform at `sampling_rate` that the clip continues (MusicGen's
         audio-prompt continuation: the decoder hears it, so edits keep its key and timbre); the
         returned audio is only the new part. progress(done, total) is called once per frame step.
+        melody: (B, T) float waveform at `sampling_rate` whose chroma a MusicGen-Melody follows.
         """
         want = (self.cond_tokens, self.cond_dim)
         if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or tuple(cond.shape[1:]) != want:
@@ -194,25 +202,17 @@ class MusicGenDecoder:
                       encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
         skip = 0
         if audio_prompt is not None:
+            if not hasattr(self, "_audio_prompt"):
+                raise DecoderError(f"MusicGen-Melody folder {self.folder}: transformers' melody model has no "
+                                   f"audio-prompt continuation (use --edit-mode melody)")
             kwargs["input_values"], skip = self._audio_prompt(audio_prompt, B)
+        if self.melody:
+            kwargs = self._melody_inputs(hidden, mask, B, guidance_scale, melody)
+        elif melody is not None:
+            raise DecoderError(f"MusicGen folder {self.folder} is not a MusicGen-Melody model "
+                               f"(config model_type musicgen_melody), so it cannot follow a melody")
         return self._generate(kwargs, B, duration, guidance_scale, temperature, top_k,
                               do_sample, seed, seeds, skip=skip, progress=progress)
-
-    def _audio_prompt(self, audio, batch: int) -> tuple[torch.Tensor, int]:
-        """(B, T) waveform -> ((B, 1, T') tensor, T') with T' a whole number of codec frames, so
-        the prompt's own reconstruction can be cut off the output exactly."""
-        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        if wave.dim() == 1:
-            wave = wave[None]
-        hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
-        usable = (wave.shape[-1] // hop) * hop
-        if wave.dim() != 2 or wave.shape[0] != batch or usable == 0:
-            raise DecoderError(f"audio prompt of shape {tuple(wave.shape)}: need ({batch}, >= {hop}) samples "
-                               f"at {self.sampling_rate} Hz")
-        limit = self.model.config.decoder.max_position_embeddings // 2
-        usable = min(usable, limit * hop)          # at most half the position table
-        wave = wave[:, wave.shape[-1] - usable:]   # the last seconds: what the new clip continues
-        return wave[:, None].to(self.device, self.model.dtype), usable
 
     @torch.no_grad()
     def _generate(self, kwargs: dict, batch: int, duration: float, guidance_scale: float,
@@ -255,6 +255,137 @@ class MusicGenDecoder:
         n = min(n_samples, audio.shape[1])
         out[:, :n] = audio[:, :n]
         return out
+
+
+class MusicGenDecoder(_MusicGenCore):
+    """A loaded MusicGen that renders audio from (B, cond_tokens, cond_dim) conditioning; it can
+    continue an audio prompt, so long pieces render in windows."""
+
+    def render_projected(self, projected: torch.Tensor, duration: float, window=None, **kwargs) -> np.ndarray:
+        """Render from the projector output (already divided by the bridge scale). Longer than
+        `window.window_s` (30 s, MusicGen's training length): in overlapping windows, row by row
+        (llama.long_music.render_long)."""
+        from ..long_music import WindowConfig, render_long
+        window = window or WindowConfig()
+        if float(duration) <= window.window_s:
+            return self.render(projected, duration, **kwargs)
+        seeds = kwargs.pop("seeds", None)
+        seed = kwargs.pop("seed", None)
+        prompts = kwargs.pop("audio_prompt", None)
+        rows = []
+        for b in range(projected.shape[0]):
+            row_seed = seeds[b] if seeds is not None else (seed or 0)
+            rows.append(render_long(self, projected[b:b + 1], duration, row_seed,
+                                    None if prompts is None else prompts[b], window=window, **kwargs))
+        return np.stack(rows)                                                      # (B, n_samples)
+
+    def _audio_prompt(self, audio, batch: int) -> tuple[torch.Tensor, int]:
+        """(B, T) waveform -> ((B, 1, T') tensor, T') with T' a whole number of codec frames, so
+        the prompt's own reconstruction can be cut off the output exactly."""
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if wave.dim() == 1:
+            wave = wave[None]
+        hop = math.prod(self.model.config.audio_encoder.upsampling_ratios)
+        usable = (wave.shape[-1] // hop) * hop
+        if wave.dim() != 2 or wave.shape[0] != batch or usable == 0:
+            raise DecoderError(f"audio prompt of shape {tuple(wave.shape)}: need ({batch}, >= {hop}) samples "
+                               f"at {self.sampling_rate} Hz")
+        limit = self.model.config.decoder.max_position_embeddings // 2
+        usable = min(usable, limit * hop)          # at most half the position table
+        wave = wave[:, wave.shape[-1] - usable:]   # the last seconds: what the new clip continues
+        return wave[:, None].to(self.device, self.model.dtype), usable
+
+
+class MusicGenMelodyDecoder(_MusicGenCore):
+    """A loaded MusicGen-Melody (transformers `MusicgenMelodyForConditionalGeneration`).
+
+    MusicGen-Melody has no cross-attention: its decoder reads a prefix of `chroma_length` chroma
+    frames (one-hot pitch class per frame, projected to the decoder width) followed by the text
+    states (projected by `enc_to_dec_proj`). `render` builds that prefix itself from the
+    projector output and the source's chroma, exactly as the model's generate does from T5 states
+    and `input_features`, and hands it over as `encoder_hidden_states`. transformers' melody model
+    has no audio-prompt continuation, so no windows: one pass, at most max_duration.
+    """
+
+    melody = True
+    # MusicgenMelodyFeatureExtractor's defaults (preprocessor_config.json overrides them)
+    n_fft, hop_length, chunk_length = 16384, 4096, 30
+
+    def _read_chroma_settings(self, folder: Path) -> None:
+        path = folder / "preprocessor_config.json"
+        if not path.is_file():
+            return
+        try:
+            cfg = json.loads(path.read_text())
+            self.n_fft = int(cfg.get("n_fft", self.n_fft))
+            self.hop_length = int(cfg.get("hop_length", self.hop_length))
+            self.chunk_length = int(cfg.get("chunk_length", self.chunk_length))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+            raise DecoderError(one_line(f"{path}: unreadable ({e})")) from e
+
+    def render_projected(self, projected: torch.Tensor, duration: float, **kwargs) -> np.ndarray:
+        return self.render(projected, duration, **kwargs)
+
+    @torch.no_grad()
+    def chroma(self, audio) -> torch.Tensor:
+        """(B, T) waveform at `sampling_rate` -> (B, frames, num_chroma) one-hot chroma, what
+        transformers' MusicgenMelodyFeatureExtractor computes (its first `chunk_length` seconds;
+        torchaudio's normalised power spectrogram, librosa's chroma filters, argmax per frame),
+        written with torch.stft because that extractor needs torchaudio."""
+        from transformers.audio_utils import chroma_filter_bank
+
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        if wave.dim() == 1:
+            wave = wave[None]
+        if wave.dim() != 2 or wave.shape[-1] == 0:
+            raise DecoderError(f"melody audio of shape {tuple(wave.shape)}: need (B, T > 0) samples "
+                               f"at {self.sampling_rate} Hz")
+        wave = wave[:, :self.chunk_length * self.sampling_rate]
+        if wave.shape[-1] < self.n_fft:
+            pad = self.n_fft - wave.shape[-1]
+            wave = torch.nn.functional.pad(wave, (pad // 2, pad - pad // 2))
+        window = torch.hann_window(self.n_fft)
+        spec = torch.stft(wave, self.n_fft, self.hop_length, window=window, center=True,
+                          pad_mode="reflect", return_complex=True)             # (B, F, frames)
+        power = (spec.abs() / window.pow(2).sum().sqrt()) ** 2
+        n_chroma = int(self.model.config.num_chroma)
+        filters = torch.from_numpy(chroma_filter_bank(sampling_rate=self.sampling_rate, num_frequency_bins=self.n_fft,
+                                                      tuning=0, num_chroma=n_chroma)).float()
+        raw = torch.einsum("cf,bft->btc", filters, power)                   # (B, frames, 12)
+        norm = torch.nn.functional.normalize(raw, p=float("inf"), dim=-1, eps=1e-6)
+        return torch.zeros_like(norm).scatter_(-1, norm.argmax(-1, keepdim=True), 1.0)
+
+    def _melody_inputs(self, hidden, mask, batch: int, guidance_scale: float, melody) -> dict:
+        """generate() kwargs: the (chroma prefix, text states) sequence the melody decoder reads,
+        built as the model's own `_prepare_encoder_hidden_states_kwargs_for_generation` builds it.
+        hidden/mask are already doubled for guidance (real rows first, then the zero null rows)."""
+        model, cfg = self.model, self.model.config
+        dec_width = cfg.decoder.hidden_size
+        # T5 positions no row attends to are dropped: the text path then sees exactly its tokens
+        keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+        text, mask = hidden[:, :keep], mask[:, :keep]
+        if cfg.text_encoder.hidden_size != dec_width:
+            text = model.enc_to_dec_proj(text)
+        text = text * mask[..., None].to(text.dtype)                        # (B or 2B, L, D)
+        if melody is None:                 # no source: the model's own "no melody" input
+            audio = torch.zeros(batch, 1, cfg.num_chroma)
+            audio[:, :, 0] = 1
+        else:
+            audio = self.chroma(melody)                                     # (B, frames, 12)
+            if audio.shape[0] != batch:
+                raise DecoderError(f"melody audio for {audio.shape[0]} rows, batch {batch}")
+        if guidance_scale > 1:
+            null = torch.zeros_like(audio)
+            null[:, :, 0] = 1
+            audio = torch.cat([audio, null])
+        audio = audio.to(self.device, model.dtype)
+        if cfg.num_chroma != dec_width:
+            audio = model.audio_enc_to_dec_proj(audio)
+        if audio.shape[1] < cfg.chroma_length:                              # repeat, then cut
+            audio = audio.repeat(1, math.ceil(cfg.chroma_length / audio.shape[1]), 1)
+        audio = audio[:, :cfg.chroma_length]
+        dummy = torch.full((batch, 1), -100, dtype=torch.long, device=self.device)
+        return dict(inputs=dummy, encoder_hidden_states=torch.cat([audio, text], dim=1))
 
 
 @contextlib.contextmanager

@@ -147,6 +147,64 @@ def build_tiny_musicgen(folder: str | Path, cond_dim: int, seed: int = 0,
     return folder
 
 
+def build_tiny_musicgen_melody(folder: str | Path, cond_dim: int, seed: int = 0,
+                               n_cond_tokens: int = 16, chroma_length: int = 32) -> Path:
+    """Write a random-weight MusicGen-Melody (transformers `MusicgenMelodyForConditionalGeneration`,
+    config model_type "musicgen_melody") in the real on-disk format: safetensors weights, the T5
+    tokenizer, a preprocessor_config.json for MusicgenMelodyFeatureExtractor (real hop and FFT)
+    and mumu_decoder.json. Widths as `build_tiny_musicgen`; `chroma_length` frames of chroma
+    prefix (real: 235, 30 s). Same seed -> same bytes."""
+    from transformers import (EncodecConfig, GenerationConfig, MusicgenMelodyConfig,
+                              MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration,
+                              T5Config)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_t5_tokenizer(seed, 512)
+    n_codebooks, codebook_size, ratios, sr = 2, 64, [8, 5, 4, 4], 32000
+    frame_rate = math.ceil(sr / math.prod(ratios))
+    text = T5Config(vocab_size=len(tokenizer), d_model=cond_dim, d_kv=16, d_ff=2 * cond_dim,
+                    num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                    dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    audio = EncodecConfig(
+        sampling_rate=sr, audio_channels=1, hidden_size=16, num_filters=4, upsampling_ratios=ratios,
+        num_residual_layers=1, num_lstm_layers=1, codebook_size=codebook_size, codebook_dim=16,
+        target_bandwidths=[n_codebooks * frame_rate * math.log2(codebook_size) / 1000],
+        normalize=False, use_causal_conv=False, use_conv_shortcut=False,
+        chunk_length_s=None, overlap=None)
+    width = 48 if cond_dim != 48 else 32          # != cond_dim and != 12: both projections exist
+    decoder = MusicgenMelodyDecoderConfig(
+        vocab_size=codebook_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
+        ffn_dim=64, num_codebooks=n_codebooks, max_position_embeddings=2048, dropout=0.0,
+        initializer_factor=0.2, pad_token_id=codebook_size, bos_token_id=codebook_size)
+    config = MusicgenMelodyConfig(text_encoder=text, audio_encoder=audio, decoder=decoder,
+                                  num_chroma=12, chroma_length=chroma_length,
+                                  decoder_start_token_id=codebook_size, pad_token_id=codebook_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MusicgenMelodyForConditionalGeneration(config).eval()
+        for layer in model.audio_encoder.quantizer.layers:     # distinct codes, as in build_tiny_musicgen
+            book = layer.codebook
+            book.embed.copy_(torch.randn_like(book.embed))
+            book.embed_avg.copy_(book.embed)
+            book.cluster_size.fill_(1.0)
+        # the chroma projection at the tiny model's scale, so that the melody visibly steers it
+        torch.nn.init.normal_(model.audio_enc_to_dec_proj.weight, std=1.0)
+    model.generation_config = GenerationConfig(
+        do_sample=True, guidance_scale=3.0, max_length=1500, bos_token_id=codebook_size,
+        decoder_start_token_id=codebook_size, pad_token_id=codebook_size)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    # written by hand: instantiating MusicgenMelodyFeatureExtractor needs torchaudio
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "processor_class": "MusicgenMelodyProcessor",
+        "feature_size": 12, "sampling_rate": sr, "hop_length": 4096, "chunk_length": 30, "n_fft": 16384,
+        "num_chroma": 12, "padding_value": 0.0, "padding_side": "right", "return_attention_mask": False,
+        "stem_indices": [3, 2]}, indent=2) + "\n")
+    (folder / musicgen.META_FILE).write_text(json.dumps({"n_cond_tokens": n_cond_tokens}) + "\n")
+    return folder
+
+
 # ------------------------------------------------------------------------------ AudioLDM2
 
 def build_tiny_audioldm2(folder: str | Path, t5_dim: int = 32, gpt2_dim: int = 32,
