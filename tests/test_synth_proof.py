@@ -42,6 +42,9 @@ def test_miniature_proof_end_to_end(tmp_path):
                                            n_train=8, n_test=4))
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["answers_from_audio"] and saved["music_from_caption"]["bridge"]["n"] == 1
+    text = saved["answer_text_metrics"]
+    assert text["n"] == sum(v["n"] for v in saved["answers_from_audio"].values())
+    assert all(0.0 <= text[k] <= 1.0 for k in ("bleu_1", "bleu_4", "rouge_l"))
     assert set(saved["targets"]) and (tmp_path / "report.png").stat().st_size > 10_000
     assert report["timings"]["total_s"] > 0
     trained = tmp_path / "trained_bundle"

@@ -81,11 +81,25 @@ class Evaluator:
     # ------------------------------------------------------------ the measures
     def answers(self) -> dict:
         hits = defaultdict(list)
+        self.answer_pairs: list[tuple[str, str]] = []       # (answer, reference) for the text metrics
         for s in self.samples(3, "musicqa"):
             rec = self.truth[s.id]
             text, _ = self.run(s, music=False)
             hits[rec["attribute"]].append(named_right(text, rec["attributes"], rec["attribute"]))
+            self.answer_pairs.append((text, rec["answer"]))
         return {a: _acc(v) for a, v in hits.items()}
+
+    def answer_text_metrics(self) -> dict:
+        """BLEU-1..4 and ROUGE-L of the audio answers against the world's reference answers, with
+        the libraries evaluate.py uses (the published tables' text metrics)."""
+        from llama.metrics.text import bleu, rouge_l
+
+        hyps = [h for h, _ in self.answer_pairs]
+        refs = [[r] for _, r in self.answer_pairs]
+        if not hyps:
+            return {"n": 0}
+        return {"n": len(hyps), **{k: round(v, 4) for k, v in bleu(hyps, refs).items()},
+                "rouge_l": round(rouge_l(hyps, refs), 4)}
 
     def captions(self) -> dict:
         hits = defaultdict(list)
@@ -133,7 +147,9 @@ class Evaluator:
 
     def all(self) -> dict:
         t0 = time.perf_counter()
-        report = {"answers_from_audio": self.answers(), "captions_of_music": self.captions(),
+        report = {"answers_from_audio": self.answers()}
+        report["answer_text_metrics"] = self.answer_text_metrics()
+        report |= {"captions_of_music": self.captions(),
                   "music_from_caption": self.music_from(2, "mucaps"),
                   "music_from_image": self.music_from(3, "muimage"),
                   "music_from_video": self.music_from(3, "muvideo"), "editing": self.edits()}

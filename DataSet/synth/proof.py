@@ -173,6 +173,9 @@ def main(argv=None) -> int:
         return 2
     for name, t in report["targets"].items():
         print(f"{name:<40} {t['value']:.3f}  target {t['target']:.2f}  {'met' if t['met'] else 'MISSED'}")
+    text = report.get("answer_text_metrics", {})
+    if text.get("n"):
+        print("answers vs references (n={n}): BLEU-1 {bleu_1:.3f}  BLEU-4 {bleu_4:.3f}  ROUGE-L {rouge_l:.3f}".format(**text))
     print(f"report: {Path(args.out) / 'report.json'}  plot: {Path(args.out) / 'report.png'}  "
           f"trained bundle: {Path(args.out) / 'trained_bundle'}  ({report['timings']['total_s']:.0f} s)")
     return 0
