@@ -126,4 +126,7 @@ def test_upload_ask_and_get_music(app, browser, tmp_path):
     assert player
     # The README's picture is refreshed only on request (MUMU_SCREENSHOT=docs/screenshot.png):
     # a test run never changes tracked files.
+    browser.set_window_size(1280, 1500)       # the whole chat, scrolled to its start
+    browser.execute_script("window.scrollTo(0, 0); document.querySelectorAll('*').forEach("
+                           "e => { if (e.scrollHeight > e.clientHeight) e.scrollTop = 0; });")
     assert browser.save_screenshot(os.environ.get("MUMU_SCREENSHOT") or str(tmp_path / "screenshot.png"))
