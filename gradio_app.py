@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import numpy as np
 
 import inference
+from llama.long_music import EDIT_MODES
 
 INTRO = """# MuMu-LLaMA
 Ask about a piece of music, a picture or a video, or ask for music. The model sees the conversation
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=AppConfig.concurrency,
                    help="requests answered at once (others wait in the queue)")
     p.add_argument("--queue-size", type=int, default=AppConfig.queue_size, help="requests that may wait")
-    p.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "none"], default="auto",
+    p.add_argument("--edit-mode", choices=list(EDIT_MODES), default="auto",
                    help="music made with source audio also hears the source (see inference.py --help)")
     # The rest of what inference.load_pipeline reads: everything comes from bundle.json.
     p.set_defaults(llama_dir=None, llama_type=None, mert=None, vit=None, vivit=None, checkpoint=None,
