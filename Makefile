@@ -44,7 +44,7 @@ demo: tiny
 # The learning proof on the synthetic world: world -> stand-ins -> stages 1-3 -> held-out report
 # (outputs/synth/report.json, report.png) and a trained bundle (outputs/synth/trained_bundle).
 synth: setup
-	$(PY) -m DataSet.synth.proof outputs/synth --size 200
+	$(PY) -m DataSet.synth.proof outputs/synth --size 400
 
 # The evaluation metrics (evaluate.py) on the held-out world for the trained bundle of `make synth`.
 synth-eval: setup
