@@ -89,6 +89,29 @@ def _tiny_roberta_tokenizer(model_max_length: int):
 
 # ------------------------------------------------------------------------------ MusicGen
 
+TINY_CODEBOOKS, TINY_CODEBOOK_SIZE, TINY_CODEC_RATE = 2, 64, 32000
+TINY_CODEC_RATIOS = [8, 5, 4, 4]          # the real hop: 640 samples, 50 frames/s at 32 kHz
+
+
+def _tiny_text_and_codec(vocab_size: int, cond_dim: int):
+    """(T5 config, EnCodec config) shared by the tiny MusicGen and MusicGen-Melody folders."""
+    from transformers import EncodecConfig, T5Config
+
+    frame_rate = math.ceil(TINY_CODEC_RATE / math.prod(TINY_CODEC_RATIOS))
+    text = T5Config(vocab_size=vocab_size, d_model=cond_dim, d_kv=16, d_ff=2 * cond_dim,
+                    num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+                    dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    audio = EncodecConfig(
+        sampling_rate=TINY_CODEC_RATE, audio_channels=1, hidden_size=16, num_filters=4,
+        upsampling_ratios=TINY_CODEC_RATIOS, num_residual_layers=1, num_lstm_layers=1,
+        codebook_size=TINY_CODEBOOK_SIZE, codebook_dim=16,
+        # num_quantizers = 1000 * bandwidth // (frame_rate * bits per code) = n_codebooks
+        target_bandwidths=[TINY_CODEBOOKS * frame_rate * math.log2(TINY_CODEBOOK_SIZE) / 1000],
+        normalize=False, use_causal_conv=False, use_conv_shortcut=False,
+        chunk_length_s=None, overlap=None)
+    return text, audio
+
+
 def build_tiny_musicgen(folder: str | Path, cond_dim: int, seed: int = 0,
                         n_cond_tokens: int = 16) -> Path:
     """Write a random-weight MusicGen in the real on-disk format (seconds, deterministic per seed).
@@ -96,25 +119,15 @@ def build_tiny_musicgen(folder: str | Path, cond_dim: int, seed: int = 0,
     T5 width = cond_dim (what the projector must emit); EnCodec at 32 kHz with the real hop of
     640 samples (50 frames/s) but tiny widths; a 2-layer, 48-wide, 2-codebook decoder over 64 codes.
     """
-    from transformers import (EncodecConfig, EncodecFeatureExtractor, GenerationConfig,
-                              MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, MusicgenProcessor, T5Config)
+    from transformers import (EncodecFeatureExtractor, GenerationConfig, MusicgenConfig,
+                              MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              MusicgenProcessor)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tiny_t5_tokenizer(seed, 512)
-    n_codebooks, codebook_size, ratios, sr = 2, 64, [8, 5, 4, 4], 32000
-    frame_rate = math.ceil(sr / math.prod(ratios))
-    text = T5Config(vocab_size=len(tokenizer), d_model=cond_dim, d_kv=16, d_ff=2 * cond_dim,
-                    num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-                    dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    audio = EncodecConfig(
-        sampling_rate=sr, audio_channels=1, hidden_size=16, num_filters=4, upsampling_ratios=ratios,
-        num_residual_layers=1, num_lstm_layers=1, codebook_size=codebook_size, codebook_dim=16,
-        # num_quantizers = 1000 * bandwidth // (frame_rate * bits per code) = n_codebooks
-        target_bandwidths=[n_codebooks * frame_rate * math.log2(codebook_size) / 1000],
-        normalize=False, use_causal_conv=False, use_conv_shortcut=False,
-        chunk_length_s=None, overlap=None)
+    text, audio = _tiny_text_and_codec(len(tokenizer), cond_dim)
+    n_codebooks, codebook_size, sr = TINY_CODEBOOKS, TINY_CODEBOOK_SIZE, TINY_CODEC_RATE
     # decoder width != cond_dim so that enc_to_dec_proj exists, as in the real one (768 -> 1024);
     # initializer_factor 0.2 (real: 0.02) so that random weights give peaked, condition-dependent
     # logits rather than near-uniform ones
@@ -154,24 +167,14 @@ def build_tiny_musicgen_melody(folder: str | Path, cond_dim: int, seed: int = 0,
     tokenizer, a preprocessor_config.json for MusicgenMelodyFeatureExtractor (real hop and FFT)
     and mumu_decoder.json. Widths as `build_tiny_musicgen`; `chroma_length` frames of chroma
     prefix (real: 235, 30 s). Same seed -> same bytes."""
-    from transformers import (EncodecConfig, GenerationConfig, MusicgenMelodyConfig,
-                              MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration,
-                              T5Config)
+    from transformers import (GenerationConfig, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                              MusicgenMelodyForConditionalGeneration)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tiny_t5_tokenizer(seed, 512)
-    n_codebooks, codebook_size, ratios, sr = 2, 64, [8, 5, 4, 4], 32000
-    frame_rate = math.ceil(sr / math.prod(ratios))
-    text = T5Config(vocab_size=len(tokenizer), d_model=cond_dim, d_kv=16, d_ff=2 * cond_dim,
-                    num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-                    dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    audio = EncodecConfig(
-        sampling_rate=sr, audio_channels=1, hidden_size=16, num_filters=4, upsampling_ratios=ratios,
-        num_residual_layers=1, num_lstm_layers=1, codebook_size=codebook_size, codebook_dim=16,
-        target_bandwidths=[n_codebooks * frame_rate * math.log2(codebook_size) / 1000],
-        normalize=False, use_causal_conv=False, use_conv_shortcut=False,
-        chunk_length_s=None, overlap=None)
+    text, audio = _tiny_text_and_codec(len(tokenizer), cond_dim)
+    n_codebooks, codebook_size, sr = TINY_CODEBOOKS, TINY_CODEBOOK_SIZE, TINY_CODEC_RATE
     width = 48 if cond_dim != 48 else 32          # != cond_dim and != 12: both projections exist
     decoder = MusicgenMelodyDecoderConfig(
         vocab_size=codebook_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
