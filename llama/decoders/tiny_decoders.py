@@ -93,8 +93,12 @@ TINY_CODEBOOKS, TINY_CODEBOOK_SIZE, TINY_CODEC_RATE = 2, 64, 32000
 TINY_CODEC_RATIOS = [8, 5, 4, 4]          # the real hop: 640 samples, 50 frames/s at 32 kHz
 
 
-def _tiny_text_and_codec(vocab_size: int, cond_dim: int):
-    """(T5 config, EnCodec config) shared by the tiny MusicGen and MusicGen-Melody folders."""
+def _tiny_text_and_codec(vocab_size: int, cond_dim: int, num_filters: int = 4, hidden_size: int = 16,
+                         n_codebooks: int = TINY_CODEBOOKS, codebook_size: int = TINY_CODEBOOK_SIZE):
+    """(T5 config, EnCodec config) shared by the tiny MusicGen and MusicGen-Melody folders.
+
+    The keywords widen the codec (the world-trained stand-in, DataSet/synth/standins_decoder.py);
+    the defaults are the tiny preset's (same bytes)."""
     from transformers import EncodecConfig, T5Config
 
     frame_rate = math.ceil(TINY_CODEC_RATE / math.prod(TINY_CODEC_RATIOS))
@@ -102,11 +106,11 @@ def _tiny_text_and_codec(vocab_size: int, cond_dim: int):
                     num_layers=1, num_heads=2, relative_attention_num_buckets=8,
                     dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     audio = EncodecConfig(
-        sampling_rate=TINY_CODEC_RATE, audio_channels=1, hidden_size=16, num_filters=4,
+        sampling_rate=TINY_CODEC_RATE, audio_channels=1, hidden_size=hidden_size, num_filters=num_filters,
         upsampling_ratios=TINY_CODEC_RATIOS, num_residual_layers=1, num_lstm_layers=1,
-        codebook_size=TINY_CODEBOOK_SIZE, codebook_dim=16,
+        codebook_size=codebook_size, codebook_dim=hidden_size,
         # num_quantizers = 1000 * bandwidth // (frame_rate * bits per code) = n_codebooks
-        target_bandwidths=[TINY_CODEBOOKS * frame_rate * math.log2(TINY_CODEBOOK_SIZE) / 1000],
+        target_bandwidths=[n_codebooks * frame_rate * math.log2(codebook_size) / 1000],
         normalize=False, use_causal_conv=False, use_conv_shortcut=False,
         chunk_length_s=None, overlap=None)
     return text, audio
