@@ -29,7 +29,7 @@ class CodecSettings:
     hidden_size: int = 32                 # = codebook_dim (HF EnCodec has no projection)
     n_codebooks: int = 2
     codebook_size: int = 256
-    steps: int = 500
+    steps: int = 400
     warmup: int = 40                      # autoencoder steps before the VQ is switched on
     batch: int = 8
     crop_s: float = 0.5
@@ -96,8 +96,9 @@ class ResidualVQ(nn.Module):
     """Residual VQ with learnable codebooks (K, V, D), straight-through gradients; its nearest-code
     rule is the HF quantizer's (squared Euclidean), so codes agree after `write_into`."""
 
-    def __init__(self, n_codebooks: int, size: int, dim: int):
+    def __init__(self, n_codebooks: int, size: int, dim: int, commitment: float = 0.25):
         super().__init__()
+        self.commitment = commitment
         self.books = nn.Parameter(torch.zeros(n_codebooks, size, dim))   # (K, V, D)
         self.usage = torch.zeros(n_codebooks, size)
 
@@ -119,8 +120,6 @@ class ResidualVQ(nn.Module):
         B, D, T = z.shape
         return (quant.view(B, T, D).transpose(1, 2), torch.stack(codes, 1).view(B, T, -1).transpose(1, 2),
                 loss)
-
-    commitment = 0.25
 
     @torch.no_grad()
     def kmeans_init(self, frames: torch.Tensor, gen: torch.Generator, iters: int = 10) -> None:
@@ -169,8 +168,7 @@ def train_codec(codec, waves: torch.Tensor, s: CodecSettings, gen: torch.Generat
     codebooks end up in its quantizer. Returns the per-step total losses."""
     from .standins_fit import _schedule
 
-    rvq = ResidualVQ(s.n_codebooks, s.codebook_size, s.hidden_size)
-    rvq.commitment = s.commitment
+    rvq = ResidualVQ(s.n_codebooks, s.codebook_size, s.hidden_size, s.commitment)
     spectral = SpectralLoss(s.fft_sizes)
     crop = int(s.crop_s * CODEC_RATE)
     params = [*codec.encoder.parameters(), *codec.decoder.parameters()]
