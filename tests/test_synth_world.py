@@ -141,7 +141,7 @@ def test_attributes_in_reads_hand_written_sentences():
     assert drums_in("Yes, there are drums.") is True and drums_in("A calm piano piece.") is None
     p = Piece("piano", "medium", "C", "major", False, 1)        # variant 0 keeps the original text
     assert world.describe_picture(p) == "A bright red picture with 2 white circles."
-    assert world.describe_video(p) == "A white ball bouncing at a medium pace on a red background."
+    assert world.describe_video(p) == "A white ball bouncing at a medium pace on a bright red background."
     assert world.scale_notes("F", "major") == ["F", "G", "A", "Bb", "C", "D", "E"]
 
 

@@ -95,6 +95,7 @@ def build_annotations(items: list[Item]) -> tuple[dict[str, object], list[dict]]
         records.append(_record("muvideo_caps", mp4, it.id, file=f"{VIDEO_DIR}/{mp4}",
                                caption=it.video_caption,
                                attributes={"colour": picture_attributes(it.piece)["colour"],
+                                           "shade": picture_attributes(it.piece)["shade"],
                                            "tempo": it.piece.tempo}))
 
         for qa in it.qa:

@@ -29,10 +29,12 @@ IMAGE_PROMPTS = ("Compose music for this image.", "Generate a music for this ima
                  "Write music that fits this picture.", "What music would suit this picture? Compose it.")
 VIDEO_PROMPTS = ("Compose music for this video.", "Generate a music for this video.",
                  "Write music that fits this video.", "What music would suit this video? Compose it.")
-IMAGE_INTROS = ("Here is music for this picture:", "This picture calls for the following music:",
-                "Music that fits the picture:")
-VIDEO_INTROS = ("Here is music for this video:", "This video calls for the following music:",
-                "Music that fits the video:")
+# The answer names the mood the picture or video implies (mood = mode and tempo, both shown), as
+# a person asked for music for a picture would; the caption that follows may not name it.
+IMAGE_INTROS = ("Here is {mood} music for this picture:", "This picture calls for {mood} music:",
+                "Music that fits the picture, {mood} in mood:")
+VIDEO_INTROS = ("Here is {mood} music for this video:", "This video calls for {mood} music:",
+                "Music that fits the video, {mood} in mood:")
 _TEMPO_ORDER = ("slow", "medium", "fast")
 
 
@@ -101,7 +103,7 @@ def picture_caption(p: Piece, split: str, rng: np.random.Generator) -> str:
 
 
 def video_caption(p: Piece, split: str, rng: np.random.Generator) -> str:
-    combo = (world.COLOUR_NAMES[p.instrument], p.tempo)
+    combo = (world.COLOUR_NAMES[p.instrument], p.mode, p.tempo)
     return world.describe_video(p, caption_variant("video", combo, VIDEO_VARIANTS, split, rng))
 
 
@@ -189,8 +191,10 @@ def plan_split(seed: int, split: str, n: int, seconds: float = 4.0) -> list[Item
         truth = music_attributes(p)
         caption = music_caption(p, split, rng)
         qa = tuple(Text(*world.answer(p, a), truth, a) for a in QA_ATTRIBUTES)
-        image_task = Text(_pick(rng, IMAGE_PROMPTS), f"{_pick(rng, IMAGE_INTROS)} {caption}", truth, "image")
-        video_task = Text(_pick(rng, VIDEO_PROMPTS), f"{_pick(rng, VIDEO_INTROS)} {caption}", truth, "video")
+        image_task = Text(_pick(rng, IMAGE_PROMPTS), f"{_pick(rng, IMAGE_INTROS).format(mood=p.mood)} {caption}",
+                          truth, "image")
+        video_task = Text(_pick(rng, VIDEO_PROMPTS), f"{_pick(rng, VIDEO_INTROS).format(mood=p.mood)} {caption}",
+                          truth, "video")
         items.append(Item(f"p{i:06d}", p, caption, picture_caption(p, split, rng),
                           video_caption(p, split, rng), qa, alpaca_text(p, rng), image_task,
                           video_task, edit_of(p, split, rng)))

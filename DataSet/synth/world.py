@@ -216,12 +216,13 @@ def describe_picture(p: Piece, variant: int = 0) -> str:
 
 def describe_video(p: Piece, variant: int = 0) -> str:
     """The video's caption; variant 0 is the original phrasing, 1-3 others (`variant % 4`)."""
-    colour = COLOUR_NAMES[p.instrument]
+    a = picture_attributes(p)            # the video shows the picture's colour and shade
+    colour, shade = a["colour"], a["shade"]
     forms = (
-        f"A white ball bouncing at a {p.tempo} pace on a {colour} background.",
-        f"On a {colour} background a white ball bounces at a {p.tempo} pace.",
-        f"A video of a white ball that bounces, {p.tempo}, in front of {colour}.",
-        f"A {colour} scene where a white ball keeps bouncing at a {p.tempo} pace.",
+        f"A white ball bouncing at a {p.tempo} pace on a {shade} {colour} background.",
+        f"On a {shade} {colour} background a white ball bounces at a {p.tempo} pace.",
+        f"A video of a white ball that bounces, {p.tempo}, in front of {shade} {colour}.",
+        f"A {shade} {colour} scene where a white ball keeps bouncing at a {p.tempo} pace.",
     )
     return forms[variant % len(forms)]
 
