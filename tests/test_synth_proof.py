@@ -39,7 +39,8 @@ def test_miniature_proof_end_to_end(tmp_path):
     tiny_steps = {"mert": 4, "vit": 2, "vivit": 2, "llama": 2, "t5": 2}
     report = run_proof(tmp_path, size=3, seed=0, limit=2, stages={1: one, 2: one, 3: one},
                        standin_kwargs=dict(steps=tiny_steps, log=None, copies=1, probe=False, seconds=1.0,
-                                           n_train=8, n_test=4))
+                                           n_train=8, n_test=4),
+                       decoder_args=["--codec-steps", "2", "--lm-steps", "2", "--no-eval"], music_n=0)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["answers_from_audio"] and saved["music_from_caption"]["bridge"]["n"] == 1
     text = saved["answer_text_metrics"]
@@ -53,10 +54,15 @@ def test_miniature_proof_end_to_end(tmp_path):
     shipped = load_file(str(trained / "mumu" / "model.safetensors"))
     assert final.keys() == shipped.keys() and all(torch.equal(final[k], shipped[k]) for k in final)
     assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["mumu"] == "mumu"   # untouched
+    # the MusicGen trained in the second process is the shipped one; the training bundle's is not
+    from llama.tiny import LAYOUT
+    weights = [d / LAYOUT["musicgen"] / "model.safetensors" for d in (tmp_path / "decoder", trained, tmp_path / "bundle")]
+    assert weights[0].read_bytes() == weights[1].read_bytes() != weights[2].read_bytes()
+    assert saved["decoder"]["seconds"]["total"] > 0
     import inference
     assert inference.main(["--ckpt-dir", str(trained), "--prompt", "What instrument is playing?",
                            "--audio", str(next((tmp_path / "world" / "heldout" / "audio").glob("*.wav"))),
                            "--max-new-tokens", "4"]) == 0
     # a rerun finds every step done and trains nothing again
-    again = run_proof(tmp_path, size=3, seed=0, limit=2, stages={1: one, 2: one, 3: one})
+    again = run_proof(tmp_path, size=3, seed=0, limit=2, stages={1: one, 2: one, 3: one}, music_n=0)
     assert again["timings"]["stage1_s"] < 5

@@ -1,0 +1,120 @@
+"""Does the trained model make the world's music? The whole chain, heard by measures that know
+nothing of how it was trained.
+
+`decoder_eval` asks it of the decoder alone (its own T5 text path). This asks it of what users run:
+held-out caption -> LLM -> [AUD] states -> output projector -> decoder -> audio, read by the same
+measures (tempo and instrument classifiers fit on REAL train clips, Krumhansl key/mode), beside
+the decoder's own text path on the same captions (what a perfect bridge would give) and the real
+clips (what the measures can read at all).
+
+Edits: for held-out MUEdit items whose change keeps the melody (instrument, tempo, drums), the
+pitch-class-profile correlation of the new audio with the source's, with the decoder hearing the
+source (`--edit-mode prompt`, the project's default for MusicGen) and without it (`none`), and
+whether the changed attribute is heard as asked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from . import decoder_eval as E
+
+KEEPS_MELODY = ("instrument", "tempo", "drums")      # edit kinds whose target keeps the source's notes
+
+
+def _piece(attrs: dict) -> SimpleNamespace:
+    """A record's true attributes, read like a Piece's by `decoder_eval.accuracy`."""
+    return SimpleNamespace(**attrs)
+
+
+def _render(decoder, conds: list[torch.Tensor], duration: float, seed: int, sources=None,
+            batch: int = 20) -> np.ndarray:
+    """(N, T) audio from N projector outputs (cond_tokens, C); row i samples with seed + i, so a
+    row does not depend on its batch. sources: (N, T) waves the decoder continues (edit)."""
+    from llama.long_music import render_music
+
+    out = []
+    for i in range(0, len(conds), batch):
+        cond = torch.stack(conds[i:i + batch])                                   # (B, N, C)
+        seeds = list(range(seed + i, seed + i + len(cond)))
+        if sources is None:
+            out.append(decoder.render_projected(cond, duration, seeds=seeds))
+        else:
+            out.append(np.stack([render_music(decoder, cond[b:b + 1], duration, seeds[b],
+                                              source=sources[i + b], edit_mode="prompt")
+                                 for b in range(len(cond))]))
+    return np.concatenate(out)
+
+
+def _render_captions(decoder, captions: list[str], duration: float, seed: int, batch: int = 20) -> np.ndarray:
+    """(N, T) from the decoder's own T5 encodings of the captions, row i with seed + i."""
+    out = []
+    for i in range(0, len(captions), batch):
+        cond, mask = decoder.condition_text(captions[i:i + batch], return_mask=True)   # (B, N, C), (B, N)
+        out.append(decoder.render(cond, duration, cond_mask=mask, seeds=list(range(seed + i, seed + i + len(cond)))))
+    return np.concatenate(out)
+
+
+def caption_to_music(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0) -> dict:
+    """Held-out MUCaps captions through the trained chain, vs the decoder's own text path."""
+    samples = ev.samples(2, "mucaps")[:n]
+    if not samples:
+        return {"n": 0}
+    conds, pieces, captions = [], [], []
+    for s in samples:
+        _, cond = ev.run(s, music=True)
+        conds.append(cond)
+        pieces.append(_piece(ev.truth[s.id]["attributes"]))
+        captions.append(s.target_caption)
+    chain = _render(decoder, conds, duration, seed)
+    alone = _render_captions(decoder, captions, duration, seed)
+    return {"n": len(samples), "model": E.accuracy(ref.read(chain), pieces),
+            "decoder_alone": E.accuracy(ref.read(alone), pieces)["accuracy"]}
+
+
+def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0) -> dict:
+    """Held-out melody-keeping edits, rendered hearing the source and not."""
+    import soundfile as sf
+
+    from .standins_codec import to_codec_rate
+
+    samples = [s for s in ev.samples(3, "muedit") if ev.truth[s.id]["kind"] in KEEPS_MELODY][:n]
+    if not samples:
+        return {"n": 0}
+    conds, sources, targets, kinds = [], [], [], []
+    for s in samples:
+        rec = ev.truth[s.id]
+        _, cond = ev.run(s, music=True)
+        conds.append(cond)
+        wave, rate = sf.read(ev.split / rec["input_file"], dtype="float32")
+        sources.append(to_codec_rate(wave, rate))
+        targets.append(_piece(rec["attributes"]))
+        kinds.append(rec["kind"])
+    out = {"n": len(samples), "kinds": {k: kinds.count(k) for k in KEEPS_MELODY}}
+    for mode, srcs in (("prompt", sources), ("none", None)):
+        waves = _render(decoder, conds, duration, seed, srcs)
+        heard = ref.read(waves)
+        asked = [h[k] == getattr(t, k) for h, t, k in zip(heard, targets, kinds) if k != "drums"]
+        out[mode] = {"profile_corr_to_source": round(float(np.mean([E.profile_corr(w, s) for w, s in zip(waves, sources)])), 4),
+                     "key_mode_of_source": E.accuracy(heard, targets)["accuracy"]["key_mode"],
+                     "changed_attribute_heard": round(float(np.mean(asked)), 4) if asked else None}
+    return out
+
+
+def music_report(ev, decoder_folder: Path, world_train: Path, n: int = 40, seed: int = 0) -> dict:
+    """Both measures for the model behind Evaluator `ev`, rendered by the MusicGen at `decoder_folder`."""
+    from llama.decoders.musicgen import MusicGenDecoder
+
+    from .standins_decoder import world_clips
+
+    decoder = MusicGenDecoder.from_pretrained(decoder_folder)
+    ref = E.Reference.fit(world_clips(world_train, 200))
+    heldout = world_clips(ev.split, n)
+    with torch.random.fork_rng(devices=[]):
+        return {"caption_to_music": caption_to_music(ev, decoder, ref, n, seed),
+                "edits": edits(ev, decoder, ref, n, seed),
+                "real_clips": E.real_ceiling(heldout, ref)["accuracy"],
+                "chance": {k: round(v, 4) for k, v in E.CHANCE.items()}}
