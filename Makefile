@@ -46,16 +46,24 @@ demo: tiny
 synth: setup
 	$(PY) -m DataSet.synth.proof outputs/synth --size 400
 
-# The evaluation metrics (evaluate.py) on the held-out world for the trained bundle of `make synth`.
+# The evaluation metrics (evaluate.py) on the held-out world: the trained bundle of `make synth`
+# against a random tiny bundle, side by side. FAD uses the world-pretrained MERT stand-in's
+# embeddings; KL, CLAP and BERTScore use tiny random models (llama.metrics.tiny_models).
+EVAL_MODELS := --bert-dir outputs/eval_models/bert --embed-model outputs/synth/trained_bundle/MERT \
+	--embed-kind audio --classifier outputs/eval_models/ast --clap outputs/eval_models/clap --no-progress
 synth-eval: setup
 	$(PY) -m llama.metrics.tiny_models outputs/eval_models
+	$(PY) -m llama.tiny outputs/synth/random_bundle --force
 	$(PY) evaluate.py synth-requests --world outputs/synth/world/heldout --out outputs/synth/eval_req
-	rm -f outputs/synth/eval_trained/results.jsonl
-	$(PY) inference.py --ckpt-dir outputs/synth/trained_bundle --input outputs/synth/eval_req/requests.jsonl \
-		--output-dir outputs/synth/eval_trained
-	$(PY) evaluate.py synth --world outputs/synth/world/heldout --results outputs/synth/eval_trained \
-		--bert-dir outputs/eval_models/bert --embed-model outputs/synth/trained_bundle/MERT --embed-kind audio \
-		--classifier outputs/eval_models/ast --clap outputs/eval_models/clap
+	for m in trained random; do \
+	  rm -f outputs/synth/eval_$$m/results.jsonl && \
+	  $(PY) inference.py --ckpt-dir outputs/synth/$${m}_bundle --input outputs/synth/eval_req/requests.jsonl \
+	    --output-dir outputs/synth/eval_$$m && \
+	  $(PY) evaluate.py synth --world outputs/synth/world/heldout --results outputs/synth/eval_$$m $(EVAL_MODELS) \
+	    || exit 1; \
+	done
+	$(PY) evaluate.py compare trained=outputs/synth/eval_trained/eval_synth.json \
+	  random=outputs/synth/eval_random/eval_synth.json | tee outputs/synth/eval_compare.txt
 
 # Replace the shipped trained default and demo requests with those of the last `make synth`.
 ship-default: synth

@@ -10,6 +10,8 @@ Editing (the same audio metrics, each edit against its own target clip only):
 Synthetic world (DataSet/synth): requests, then both reports against the split's truth:
     python evaluate.py synth-requests --world outputs/synth/world/heldout --out REQ_DIR
     python evaluate.py synth --world outputs/synth/world/heldout --results DIR [model options]
+Reports side by side (e.g. a trained model against a random one):
+    python evaluate.py compare trained=DIR_A/eval_synth.json random=DIR_B/eval_synth.json
 Every model folder is local (transformers format); a metric without its model is reported as
 unavailable with the reason. Writes a JSON report (--report, default DIR/eval_<task>.json) and
 prints a table.
@@ -74,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n-qa", type=int, default=20)
     s.add_argument("--n-music", type=int, default=10)
     _text_opts(s), _audio_opts(s), _common(s)
+    c = sub.add_parser("compare", help="reports side by side, one column each")
+    c.add_argument("reports", nargs="+", metavar="NAME=REPORT", help="a name and an evaluate.py JSON report")
     r = sub.add_parser("synth-requests", help="write held-out requests for inference.py")
     r.add_argument("--world", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
@@ -170,6 +174,9 @@ def main(argv=None) -> int:
     from llama.metrics.report import table, write_json
 
     try:
+        if args.task == "compare":
+            print(table({name: flatten(rep) for name, rep in read_reports(args.reports).items()}))
+            return 0
         reports = run(args)
         for name, rep in reports.items():
             path = args.report or (inputs_dir(args.results) / f"eval_{name}.json")
@@ -180,6 +187,25 @@ def main(argv=None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
+
+
+def read_reports(specs: list[str]) -> dict[str, dict]:
+    """NAME=PATH pairs -> {name: report}; a bad pair or file is a one-line error."""
+    import json
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise _user(f"{spec!r}: expected NAME=REPORT.json")
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise _user(f"{path}: cannot read the report ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+        if not isinstance(report, dict) or "metrics" not in report and report.get("task") != "synth":
+            raise _user(f"{path}: not an evaluate.py report (no metrics)")
+        out[name] = report
+    return out
 
 
 def inputs_dir(results: Path) -> Path:

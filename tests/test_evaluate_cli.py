@@ -153,3 +153,24 @@ def test_synth_requests_and_references_agree(tmp_path):
         if "audio" in x:
             assert (req.parent / x["audio"]).resolve().parent == (split / "audio").resolve()
     assert all(p.parent == (split / "audio").resolve() for p in refs.audio.values())
+
+
+def test_compare_puts_reports_side_by_side(tmp_path, capsys):
+    texts = {"q1": "the instrument is the violin", "q2": "the mood is calm and the tempo is slow"}
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps(texts))
+    good = _results(tmp_path / "good", [_rec(k, v) for k, v in texts.items()])
+    bad = _results(tmp_path / "bad", [_rec(k, "piano") for k in texts])
+    for res in (good, bad):
+        assert evaluate.main(["answers", "--results", str(res), "--references", str(refs), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert evaluate.main(["compare", f"trained={good / 'eval_answers.json'}", f"random={bad / 'eval_answers.json'}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["metric", "trained", "random"]
+    bleu1 = next(line.split() for line in lines if line.startswith("bleu_1"))
+    assert float(bleu1[1]) == pytest.approx(1.0) and float(bleu1[2]) < 0.5
+    for spec, what in (("noequals", "expected NAME=REPORT.json"), (f"x={tmp_path / 'none.json'}", "cannot read"),
+                       (f"x={refs}", "not an evaluate.py report")):
+        assert evaluate.main(["compare", spec]) == 2
+        err = capsys.readouterr().err
+        assert what in err and len(err.strip().splitlines()) == 1
