@@ -23,14 +23,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def seam_measures(audio: np.ndarray, sr: int, seams: list[float], side_s: float = 2.0) -> dict:
+def seam_measures(audio: np.ndarray, sr: int, seams: list[float], inside: list[float], side_s: float = 2.0) -> dict:
+    """`inside`: points in the middle of windows, the same profile measure where there is no seam."""
     from DataSet.synth.decoder_eval import profile_corr
     from llama.long_music import seam_report
 
     out = seam_report(audio, sr, seams)
     k = round(side_s * sr)
-    out["profile_corr_across"] = [round(profile_corr(audio[round(s * sr) - k:round(s * sr)],
-                                                     audio[round(s * sr):round(s * sr) + k]), 4) for s in seams]
+
+    def across(points):
+        return [round(profile_corr(audio[round(s * sr) - k:round(s * sr)], audio[round(s * sr):round(s * sr) + k]), 4)
+                for s in points]
+
+    out["profile_corr_across"] = across(seams)
+    out["profile_corr_inside"] = across(inside)
     return out
 
 
@@ -57,11 +63,13 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t
     n_windows = int(np.ceil(args.duration / args.window))
     seams = [args.window * i for i in range(1, n_windows)]
+    inside = [min(args.window * (i + 0.5), args.duration - 2.5) for i in range(n_windows)]
     pasted = np.concatenate([dec.render(cond, min(args.window, args.duration - args.window * i), cond_mask=mask,
                                         seeds=[args.seed + 100 + i])[0] for i in range(n_windows)])
     report = {"musicgen": str(args.musicgen), "caption": args.caption, "duration_s": args.duration,
               "window_s": args.window, "overlap_s": args.overlap, "seams_s": seams, "render_seconds": round(seconds, 1),
-              "windowed": seam_measures(long, sr, seams), "pasted_independent": seam_measures(pasted, sr, seams)}
+              "windowed": seam_measures(long, sr, seams, inside),
+              "pasted_independent": seam_measures(pasted, sr, seams, inside)}
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")

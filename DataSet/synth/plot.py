@@ -32,6 +32,10 @@ def scores(report: dict) -> list[tuple[str, float, float | None]]:
         rows.append((f"bridge cos ({src})", b["cosine"], None))
         rows.append((f"bridge top-1 ({src})", b["retrieval_top1"], b["retrieval_chance"]))
     rows.append(("edit nearer edited", report["editing"]["nearer_edited_than_source"], 0.5))
+    for name, m in report.get("music_rendered", {}).items():          # the music itself, heard
+        acc, chance = m["caption_to_music"]["model"]["accuracy"], m["chance"]
+        for a in ("instrument", "tempo"):
+            rows.append((f"music heard, {name}: {a}", acc[a], chance[a]))
     return rows
 
 
