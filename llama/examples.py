@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 
 import av
+from fractions import Fraction
+
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
@@ -85,18 +87,54 @@ def video_frames() -> list[np.ndarray]:
     return frames
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H * 3 // 2, W) uint8 planar Y, U, V (BT.601 limited range, 2x2
+    chroma means), the layout `av.VideoFrame.from_ndarray(format="yuv420p")` takes.
+
+    Done here, in numpy, so the encoder's input depends on nothing but the frame (PyAV's swscale
+    conversion picks SIMD paths and threads at run time). H and W must be even."""
+    f = frame.astype(np.float64)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+
+    def half(c):                                                          # (H, W) -> (H/2, W/2)
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.clip(np.rint(c), 0, 255).astype(np.uint8).ravel() for c in (y, half(u), half(v))]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
+
+
+def _yuv_frame(yuv: np.ndarray, w: int, h: int) -> av.VideoFrame:
+    """A yuv420p VideoFrame whose every byte is set, row padding included (edge pixels repeated;
+    `from_ndarray` leaves the padding after each row uninitialised)."""
+    frame = av.VideoFrame(w, h, "yuv420p")
+    y = yuv[:h]                                                           # (H, W)
+    u, v = yuv[h:].reshape(2, h // 2, w // 2)                             # 2 x (H/2, W/2)
+    for plane, rows in zip(frame.planes, (y, u, v)):
+        buf = np.repeat(rows[:, -1:], plane.line_size, axis=1)             # (rows, line_size)
+        buf[:, :rows.shape[1]] = rows
+        plane.update(np.ascontiguousarray(buf).tobytes())
+    return frame
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     h, w = frames[0].shape[:2]
     # bit-exact muxer and encoder: no library version strings in the file
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(codec, rate=fps, options={"flags": "+bitexact"})
+        # lossless (qp 0): x264 does not always make the same choices for the same frames, but
+        # lossless, any choice decodes to exactly the input, so the decoded frames never vary
+        options = {"flags": "+bitexact", **({"qp": "0"} if codec == "libx264" else {})}
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # one thread for the encoder and for PyAV's rgb24 -> yuv420p conversion (it takes the
-        # codec's thread count): slice threading is the only run-to-run variable left
-        stream.codec_context.thread_count = 1
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        stream.codec_context.thread_count = 1        # slice threading would vary run to run
+        for i, frame in enumerate(frames):
+            yuv = _yuv_frame(rgb_to_yuv420p(frame), w, h)
+            yuv.pts, yuv.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():  # flush the encoder
             container.mux(packet)

@@ -30,8 +30,20 @@ def world_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _content(path: Path) -> bytes:
+    """A file's bytes; for an MP4, its decoded frames. x264 (even on one thread) sometimes encodes
+    the same frames with different but equivalent choices (seen: 49 bytes of one slice differ,
+    the decoded pixels are identical), and the decoded frames are what the trainer reads."""
+    if path.suffix != ".mp4":
+        return path.read_bytes()
+    import av
+    import numpy as np
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).tobytes()
+
+
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): _content(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _world(folder: Path, split: str) -> dict:

@@ -7,7 +7,7 @@ layout of README "Training"), media (audio/*.wav 24 kHz mono 16-bit, images/*.pn
 videos/*.mp4 64 x 64, 32 frames at 8 fps), the annotation files of every published format
 (annotations.py) and `world.json`. train has `size` pieces, heldout `max(1, size // 5)`; the two
 share no melody seed and no caption text (plan.py says how; checked here before writing).
-Same (seed, size) -> the same bytes.
+Same (seed, size) -> the same bytes (MP4s: the same decoded frames; see llama.examples.write_video).
 
 A split is written into OUT/.SPLIT.partial and renamed to OUT/SPLIT when complete, so a killed
 run leaves no half split; a rerun deletes the leftovers and writes what is missing. A rerun with
