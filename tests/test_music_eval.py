@@ -66,3 +66,18 @@ def test_no_samples_no_numbers(world, decoder_folder):
     assert M.caption_to_music(ev, ev.decoder, None, n=0) == {"n": 0}
     assert M.edits(ev, ev.decoder, None, n=0) == {"n": 0}
     assert np.isnan(np.nan) and ev.calls == 0
+
+
+def test_fad_to_real_is_zero_for_the_real_clips_and_writes_the_wavs(world, tmp_path):
+    import soundfile as sf
+
+    from llama.metrics.tiny_models import write_hubert
+
+    hubert = write_hubert(tmp_path / "hubert", 0)
+    real = sorted((world / "train" / "audio").glob("*.wav"))[:6]
+    waves = np.stack([sf.read(p, dtype="float32")[0] for p in real])
+    rate = sf.info(real[0]).samplerate
+    same = M.fad_to_real(waves, rate, real, hubert, tmp_path / "same")
+    assert same["n"] == 6 and abs(same["fad"]) < 1e-3 and len(list((tmp_path / "same").glob("*.wav"))) == 6
+    noise = np.random.default_rng(0).normal(0, 0.3, waves.shape).astype(np.float32)
+    assert M.fad_to_real(noise, rate, real, hubert, tmp_path / "noise")["fad"] > 1.0

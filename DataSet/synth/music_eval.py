@@ -58,8 +58,33 @@ def _render_captions(decoder, captions: list[str], duration: float, seed: int, b
     return np.concatenate(out)
 
 
-def caption_to_music(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0) -> dict:
-    """Held-out MUCaps captions through the trained chain, vs the decoder's own text path."""
+def fad_to_real(waves: np.ndarray, sr: int, real: list[Path], embed_model: Path, out_dir: Path) -> dict:
+    """Writes `waves` to out_dir (to listen to) and returns the Frechet distance between their
+    embeddings and the real clips' (evaluate.py's FAD, `--embed-kind audio` on `embed_model`)."""
+    import soundfile as sf
+
+    from llama.metrics.audio import AudioConfig, AudioModel
+    from llama.metrics.frechet import frechet_distance
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, w in enumerate(waves):
+        paths.append(out_dir / f"{i:03d}.wav")
+        sf.write(paths[-1], w, sr)
+    model = AudioModel(embed_model, "audio", AudioConfig(progress=False))
+    gen, ref = model.vectors(paths), model.vectors(real)
+    if gen.skipped or ref.skipped:
+        raise ValueError(f"unreadable clips: {sorted(gen.skipped) + sorted(ref.skipped)}")
+    a = np.stack([gen.by_file[p] for p in paths])                     # (N, H)
+    b = np.stack([ref.by_file[Path(p)] for p in real])                # (N, H)
+    return {"fad": round(frechet_distance(a, b), 4), "n": len(paths), "embed_model": str(embed_model)}
+
+
+def caption_to_music(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0,
+                     fad: dict | None = None) -> dict:
+    """Held-out MUCaps captions through the trained chain, vs the decoder's own text path.
+    fad: {"embed_model": folder, "out_dir": folder} adds the FAD of the chain's music to the real
+    clips of the same pieces (and writes the chain's WAVs there)."""
     samples = ev.samples(2, "mucaps")[:n]
     if not samples:
         return {"n": 0}
@@ -71,8 +96,12 @@ def caption_to_music(ev, decoder, ref: E.Reference, n: int, seed: int = 0, durat
         captions.append(s.target_caption)
     chain = _render(decoder, conds, duration, seed)
     alone = _render_captions(decoder, captions, duration, seed)
-    return {"n": len(samples), "model": E.accuracy(ref.read(chain), pieces),
-            "decoder_alone": E.accuracy(ref.read(alone), pieces)["accuracy"]}
+    out = {"n": len(samples), "model": E.accuracy(ref.read(chain), pieces),
+           "decoder_alone": E.accuracy(ref.read(alone), pieces)["accuracy"]}
+    if fad is not None:
+        real = [ev.split / ev.truth[s.id]["file"] for s in samples]
+        out["fad_to_real_clips"] = fad_to_real(chain, decoder.sampling_rate, real, fad["embed_model"], fad["out_dir"])
+    return out
 
 
 def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0) -> dict:
@@ -104,8 +133,10 @@ def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float 
     return out
 
 
-def music_report(ev, decoder_folder: Path, world_train: Path, n: int = 40, seed: int = 0) -> dict:
-    """Both measures for the model behind Evaluator `ev`, rendered by the MusicGen at `decoder_folder`."""
+def music_report(ev, decoder_folder: Path, world_train: Path, n: int = 40, seed: int = 0,
+                 fad: dict | None = None) -> dict:
+    """Both measures for the model behind Evaluator `ev`, rendered by the MusicGen at
+    `decoder_folder` (fad: see `caption_to_music`)."""
     from llama.decoders.musicgen import MusicGenDecoder
 
     from .standins_decoder import world_clips
@@ -114,7 +145,7 @@ def music_report(ev, decoder_folder: Path, world_train: Path, n: int = 40, seed:
     ref = E.Reference.fit(world_clips(world_train, 200))
     heldout = world_clips(ev.split, n)
     with torch.random.fork_rng(devices=[]):
-        return {"caption_to_music": caption_to_music(ev, decoder, ref, n, seed),
+        return {"caption_to_music": caption_to_music(ev, decoder, ref, n, seed, fad=fad),
                 "edits": edits(ev, decoder, ref, n, seed),
                 "real_clips": E.real_ceiling(heldout, ref)["accuracy"],
                 "chance": {k: round(v, 4) for k, v in E.CHANCE.items()}}

@@ -136,7 +136,9 @@ def rendered_music(trained: Path, bundle: Path, world: Path, musicgen: Path, n: 
     for name, paths in (("trained", BundlePaths.from_bundle(trained)),
                         ("untrained_llm", BundlePaths.from_bundle(bundle, musicgen=musicgen.resolve()))):
         ev = Evaluator(MuMuPipeline.load(paths), world / "heldout")
-        out[name] = music_report(ev, paths.musicgen, world / "train", n=n, seed=seed)
+        # FAD on the world-pretrained MERT stand-in's embeddings, the same model for both
+        fad = {"embed_model": paths.mert, "out_dir": trained.parent / "music" / name}
+        out[name] = music_report(ev, paths.musicgen, world / "train", n=n, seed=seed, fad=fad)
     return out
 
 
@@ -233,8 +235,9 @@ def main(argv=None) -> int:
     for name, m in report["music_rendered"].items():
         acc = m["caption_to_music"]["model"]["accuracy"]
         ed = m["edits"]
+        fad = m["caption_to_music"].get("fad_to_real_clips", {}).get("fad", float("nan"))
         print(f"music heard ({name}): instrument {acc['instrument']:.2f} tempo {acc['tempo']:.2f} "
-              f"key+mode {acc['key_mode']:.2f}; edits keep the source's pitch profile "
+              f"key+mode {acc['key_mode']:.2f}, FAD to the real clips {fad:.1f}; edits keep the source's pitch profile "
               f"{ed['prompt']['profile_corr_to_source']:.2f} (hearing it) vs {ed['none']['profile_corr_to_source']:.2f}")
     print(f"report: {Path(args.out) / 'report.json'}  plot: {Path(args.out) / 'report.png'}  "
           f"trained bundle: {Path(args.out) / 'trained_bundle'}  ({report['timings']['total_s']:.0f} s)")
