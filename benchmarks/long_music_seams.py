@@ -21,6 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llama.long_music import WindowConfig as _WC  # noqa: E402
+
+WINDOW_DEFAULTS = _WC()
 
 
 def seam_measures(audio: np.ndarray, sr: int, seams: list[float], inside: list[float], side_s: float = 2.0) -> dict:
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=90.0)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--overlap", type=float, default=5.0)
+    ap.add_argument("--crossfade", type=float, default=WINDOW_DEFAULTS.crossfade_s)
     ap.add_argument("--caption", default="A calm piano melody in C major at a slow tempo, without drums.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the JSON here too")
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
     dec = MusicGenDecoder.from_pretrained(args.musicgen)
     sr = dec.sampling_rate
     cond, mask = dec.condition_text([args.caption], return_mask=True)          # (1, N, C), (1, N)
-    window = WindowConfig(args.window, args.overlap)
+    window = WindowConfig(args.window, args.overlap, args.crossfade)
     t = time.perf_counter()
     long = render_long(dec, cond, args.duration, args.seed, window=window, cond_mask=mask)
     seconds = time.perf_counter() - t
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     pasted = np.concatenate([dec.render(cond, min(args.window, args.duration - args.window * i), cond_mask=mask,
                                         seeds=[args.seed + 100 + i])[0] for i in range(n_windows)])
     report = {"musicgen": str(args.musicgen), "caption": args.caption, "duration_s": args.duration,
-              "window_s": args.window, "overlap_s": args.overlap, "seams_s": seams, "render_seconds": round(seconds, 1),
+              "window_s": args.window, "overlap_s": args.overlap, "crossfade_s": args.crossfade, "seams_s": seams, "render_seconds": round(seconds, 1),
               "windowed": seam_measures(long, sr, seams, inside),
               "pasted_independent": seam_measures(pasted, sr, seams, inside)}
     print(json.dumps(report, indent=1))

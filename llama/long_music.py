@@ -26,6 +26,10 @@ DEFAULT_EDIT_STRENGTH = 0.6
 class WindowConfig:
     window_s: float = 30.0           # new audio per window: MusicGen's training length
     overlap_s: float = 5.0           # seconds of the previous audio each window continues
+    # Each window continues the codec's reconstruction of that audio, not the audio itself, so
+    # joined as is the seam jumps (measured: as much as pasted independent clips). So a window
+    # continues the audio up to `crossfade_s` before the end and fades in over that last stretch.
+    crossfade_s: float = 0.25
 
 
 def edit_mode_for(decoder, mode: str) -> str:
@@ -91,8 +95,9 @@ def render_music(decoder, cond, duration: float, seed: int, source: np.ndarray |
 
 def render_long(decoder, cond, duration: float, seed: int, prompt: np.ndarray | None = None,
                 progress=None, window: WindowConfig | None = None, **kwargs) -> np.ndarray:
-    """(n_samples,) in windows of `window_s` new seconds, each continuing the last `overlap_s`
-    seconds so far (the source's, for the first window of an edit). cond: (1, N, C).
+    """(n_samples,) in windows of `window_s` new seconds, each continuing `overlap_s` seconds of
+    the piece so far up to `crossfade_s` before its end (the source's last seconds, for the first
+    window of an edit) and fading in over that last stretch. cond: (1, N, C).
     progress(done, 1000) reports the fraction of the piece; window i samples with seed + i."""
     from .decoders import duration_samples
 
@@ -100,28 +105,36 @@ def render_long(decoder, cond, duration: float, seed: int, prompt: np.ndarray | 
     if not 0 < window.overlap_s < window.window_s:
         raise DecoderError(f"window overlap {window.overlap_s:g} s must be > 0 and < the window "
                            f"{window.window_s:g} s")
+    if not 0 <= window.crossfade_s < window.overlap_s:
+        raise DecoderError(f"window crossfade {window.crossfade_s:g} s must be >= 0 and < the overlap "
+                           f"{window.overlap_s:g} s")
     sr = decoder.sampling_rate
     total = duration_samples(duration, sr)
     lengths, left = [], total
     while left > 0:
         lengths.append(min(left, round(window.window_s * sr)))
         left -= lengths[-1]
-    pieces: list[np.ndarray] = []
-    keep = round(window.overlap_s * sr)
+    out = np.zeros(0, np.float32)                         # the piece so far
+    keep, fade = round(window.overlap_s * sr), round(window.crossfade_s * sr)
     bar = _bar(len(lengths)) if progress is None else None
     for i, n in enumerate(lengths):
         def tick(done, steps, i=i):                      # progress in 1/1000 of the whole piece
             if progress is not None:
                 progress(round(1000 * (i + done / steps) / len(lengths)), 1000)
-        context = np.concatenate(pieces)[-keep:] if pieces else prompt
+        f = fade if out.size > fade else 0               # between windows only
+        context = out[max(0, out.size - f - keep):out.size - f] if out.size else prompt
         extra = {} if context is None else {"audio_prompt": np.asarray(context, np.float32)[None]}
-        pieces.append(decoder.render(cond, n / sr, seeds=[seed + i], progress=tick,
-                                     **extra, **kwargs)[0])                       # (n,)
+        new = decoder.render(cond, (n + f) / sr, seeds=[seed + i], progress=tick,
+                             **extra, **kwargs)[0]                                # (n + f,)
+        if f:                                  # fade the new window in over the last f samples
+            ramp = (np.arange(f, dtype=np.float32) + 0.5) / f
+            out[-f:] = out[-f:] * (1 - ramp) + new[:f] * ramp
+        out = np.concatenate([out, new[f:]])
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return np.concatenate(pieces)[:total]
+    return out[:total]
 
 
 def _bar(n: int):

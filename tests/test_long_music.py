@@ -8,7 +8,7 @@ import torch
 from llama.decoders import load_decoder, max_duration
 from llama.long_music import WindowConfig, render_long, seam_report
 
-WIN = WindowConfig(window_s=0.4, overlap_s=0.15)
+WIN = WindowConfig(window_s=0.4, overlap_s=0.15, crossfade_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,24 @@ def test_windows_continue_the_previous_audio(musicgen, cond, monkeypatch):
     sr = musicgen.sampling_rate
     assert out.shape == (sr,) and len(prompts) == 3                 # 0.4 + 0.4 + 0.2 s
     assert prompts[0] is None
-    keep = round(WIN.overlap_s * sr)
-    for i in (1, 2):                                                # the tail of what came before
-        before = np.concatenate(spy.pieces[:i])
-        assert np.array_equal(prompts[i][0], before[-keep:])
-    assert np.array_equal(out, np.concatenate(spy.pieces))
+    keep, fade = round(WIN.overlap_s * sr), round(WIN.crossfade_s * sr)
+    a, b, c = spy.pieces                                            # each window's own audio
+    assert [len(x) for x in spy.pieces] == [round(0.4 * sr), round(0.4 * sr) + fade, round(0.2 * sr) + fade]
+    ramp = (np.arange(fade) + 0.5) / fade
+    first = np.concatenate([a[:-fade], a[-fade:] * (1 - ramp) + b[:fade] * ramp, b[fade:]])   # a, then b faded in
+    assert np.array_equal(prompts[1][0], a[-fade - keep:-fade])    # continues a, up to the fade
+    assert np.array_equal(prompts[2][0], first[-fade - keep:-fade])
+    assert np.allclose(out[:len(first) - fade], first[:-fade], atol=1e-6)
+    assert np.allclose(out[len(first):], c[fade:], atol=1e-6)
     assert ticks == sorted(ticks) and ticks[-1] == 1.0
+
+
+def test_without_crossfade_windows_join_as_rendered(musicgen, cond, monkeypatch):
+    pieces, real = [], musicgen.render
+    monkeypatch.setattr(musicgen, "render", lambda *a, **k: pieces.append(real(*a, **k)[0]) or pieces[-1][None])
+    hard = WindowConfig(window_s=0.4, overlap_s=0.15, crossfade_s=0.0)
+    out = render_long(musicgen, cond[:1], 1.0, seed=3, window=hard)
+    assert np.array_equal(out, np.concatenate(pieces))
 
 
 def test_long_render_through_render_projected_rows_alone(musicgen, cond):
@@ -63,6 +75,8 @@ def test_bad_window():
     from llama.decoders import DecoderError
     with pytest.raises(DecoderError, match="overlap"):
         render_long(None, None, 1.0, 0, window=WindowConfig(window_s=1.0, overlap_s=1.0))
+    with pytest.raises(DecoderError, match="crossfade"):
+        render_long(None, None, 1.0, 0, window=WindowConfig(window_s=1.0, overlap_s=0.2, crossfade_s=0.2))
 
 
 def test_seam_report_finds_a_jump():
