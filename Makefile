@@ -48,11 +48,13 @@ synth: setup
 
 # The evaluation metrics (evaluate.py) on the held-out world: the trained bundle of `make synth`
 # against a random tiny bundle, side by side. FAD uses the world-pretrained MERT stand-in's
-# embeddings; KL, CLAP and BERTScore use tiny random models (llama.metrics.tiny_models).
+# embeddings; KL an instrument classifier trained on the world (DataSet.synth.standins_classifier);
+# CLAP and BERTScore use tiny random models (llama.metrics.tiny_models).
 EVAL_MODELS := --bert-dir outputs/eval_models/bert --embed-model outputs/synth/trained_bundle/MERT \
-	--embed-kind audio --classifier outputs/eval_models/ast --clap outputs/eval_models/clap --no-progress
+	--embed-kind audio --classifier outputs/synth/world_classifier --clap outputs/eval_models/clap --no-progress
 synth-eval: setup
 	$(PY) -m llama.metrics.tiny_models outputs/eval_models
+	$(PY) -m DataSet.synth.standins_classifier outputs/synth/world_classifier --world outputs/synth/world
 	$(PY) -m llama.tiny outputs/synth/random_bundle --force
 	$(PY) evaluate.py synth-requests --world outputs/synth/world/heldout --out outputs/synth/eval_req
 	for m in trained random; do \
