@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 
 from . import world as W
+from llama.metrics.audio import even_windows
+
 from .standins_decoder import world_pieces
 
 
@@ -46,13 +47,6 @@ def _crops(waves, window: int, per_clip: int, g: torch.Generator) -> tuple[list[
             out.append(w[start:start + size])
             owner.append(i)
     return out, np.array(owner)
-
-
-def _windows(wav: np.ndarray, window: int) -> list[np.ndarray]:
-    """The even split `llama.metrics.audio.AudioModel` uses."""
-    n = max(1, math.ceil(len(wav) / window))
-    size = len(wav) // n
-    return [wav[i * size:(i + 1) * size] for i in range(n)] if size else [wav]
 
 
 def train_world_classifier(out_dir, world_dir, seed: int = 0, steps: int = 300, batch: int = 32,
@@ -113,7 +107,7 @@ def _heldout_accuracy(model, fe, split_dir: Path, rate: int, window: int) -> flo
     waves, labels = _clips(split_dir, rate)
     right = 0
     for w, lab in zip(waves, labels):
-        x = fe(_windows(w, window), sampling_rate=rate, return_tensors="pt")["input_values"]
+        x = fe(even_windows(w, window), sampling_rate=rate, return_tensors="pt")["input_values"]
         right += int(torch.softmax(model(input_values=x).logits, -1).mean(0).argmax()) == int(lab)
     return round(right / max(1, len(waves)), 4)
 

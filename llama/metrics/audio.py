@@ -101,9 +101,7 @@ class AudioModel:
         return out.float().cpu().numpy().astype(np.float64)
 
     def _windows(self, wav: np.ndarray) -> list[np.ndarray]:
-        n = max(1, math.ceil(len(wav) / self.window))
-        size = len(wav) // n
-        return [wav[i * size:(i + 1) * size] for i in range(n)] if size else [wav]
+        return even_windows(wav, self.window)
 
     def vectors(self, paths: list[Path], desc: str = "audio") -> Vectors:
         """Per-file vectors; cached by (model, file, size, mtime)."""
@@ -171,6 +169,14 @@ class AudioModel:
             tok = {k: v.to(self.cfg.device) for k, v in tok.items()}
             rows.append(_tensor(self.m.model.get_text_features(**tok)).float().cpu().numpy())
         return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 0))
+
+
+def even_windows(wav: np.ndarray, window: int) -> list[np.ndarray]:
+    """A clip cut into the fewest equal pieces no longer than `window` samples (each embedded
+    or classified alone, then averaged)."""
+    n = max(1, math.ceil(len(wav) / window))
+    size = len(wav) // n
+    return [wav[i * size:(i + 1) * size] for i in range(n)] if size else [wav]
 
 
 def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-8) -> np.ndarray:
