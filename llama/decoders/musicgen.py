@@ -77,7 +77,7 @@ class _MusicGenCore:
         if melody:
             from transformers import AutoTokenizer as Processor
             from transformers import MusicgenMelodyForConditionalGeneration as Model
-            kind = MusicGenMelodyDecoder
+            from .musicgen_melody import MusicGenMelodyDecoder as kind
         else:
             from transformers import MusicgenForConditionalGeneration as Model
             from transformers import MusicgenProcessor as Processor
@@ -294,98 +294,6 @@ class MusicGenDecoder(_MusicGenCore):
         usable = min(usable, limit * hop)          # at most half the position table
         wave = wave[:, wave.shape[-1] - usable:]   # the last seconds: what the new clip continues
         return wave[:, None].to(self.device, self.model.dtype), usable
-
-
-class MusicGenMelodyDecoder(_MusicGenCore):
-    """A loaded MusicGen-Melody (transformers `MusicgenMelodyForConditionalGeneration`).
-
-    MusicGen-Melody has no cross-attention: its decoder reads a prefix of `chroma_length` chroma
-    frames (one-hot pitch class per frame, projected to the decoder width) followed by the text
-    states (projected by `enc_to_dec_proj`). `render` builds that prefix itself from the
-    projector output and the source's chroma, exactly as the model's generate does from T5 states
-    and `input_features`, and hands it over as `encoder_hidden_states`. transformers' melody model
-    has no audio-prompt continuation, so no windows: one pass, at most max_duration.
-    """
-
-    melody = True
-    # MusicgenMelodyFeatureExtractor's defaults (preprocessor_config.json overrides them)
-    n_fft, hop_length, chunk_length = 16384, 4096, 30
-
-    def _read_chroma_settings(self, folder: Path) -> None:
-        path = folder / "preprocessor_config.json"
-        if not path.is_file():
-            return
-        try:
-            cfg = json.loads(path.read_text())
-            self.n_fft = int(cfg.get("n_fft", self.n_fft))
-            self.hop_length = int(cfg.get("hop_length", self.hop_length))
-            self.chunk_length = int(cfg.get("chunk_length", self.chunk_length))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
-            raise DecoderError(one_line(f"{path}: unreadable ({e})")) from e
-
-    def render_projected(self, projected: torch.Tensor, duration: float, **kwargs) -> np.ndarray:
-        return self.render(projected, duration, **kwargs)
-
-    @torch.no_grad()
-    def chroma(self, audio) -> torch.Tensor:
-        """(B, T) waveform at `sampling_rate` -> (B, frames, num_chroma) one-hot chroma, what
-        transformers' MusicgenMelodyFeatureExtractor computes (its first `chunk_length` seconds;
-        torchaudio's normalised power spectrogram, librosa's chroma filters, argmax per frame),
-        written with torch.stft because that extractor needs torchaudio."""
-        from transformers.audio_utils import chroma_filter_bank
-
-        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        if wave.dim() == 1:
-            wave = wave[None]
-        if wave.dim() != 2 or wave.shape[-1] == 0:
-            raise DecoderError(f"melody audio of shape {tuple(wave.shape)}: need (B, T > 0) samples "
-                               f"at {self.sampling_rate} Hz")
-        wave = wave[:, :self.chunk_length * self.sampling_rate]
-        if wave.shape[-1] < self.n_fft:
-            pad = self.n_fft - wave.shape[-1]
-            wave = torch.nn.functional.pad(wave, (pad // 2, pad - pad // 2))
-        window = torch.hann_window(self.n_fft)
-        spec = torch.stft(wave, self.n_fft, self.hop_length, window=window, center=True,
-                          pad_mode="reflect", return_complex=True)             # (B, F, frames)
-        power = (spec.abs() / window.pow(2).sum().sqrt()) ** 2
-        n_chroma = int(self.model.config.num_chroma)
-        filters = torch.from_numpy(chroma_filter_bank(sampling_rate=self.sampling_rate, num_frequency_bins=self.n_fft,
-                                                      tuning=0, num_chroma=n_chroma)).float()
-        raw = torch.einsum("cf,bft->btc", filters, power)                   # (B, frames, 12)
-        norm = torch.nn.functional.normalize(raw, p=float("inf"), dim=-1, eps=1e-6)
-        return torch.zeros_like(norm).scatter_(-1, norm.argmax(-1, keepdim=True), 1.0)
-
-    def _melody_inputs(self, hidden, mask, batch: int, guidance_scale: float, melody) -> dict:
-        """generate() kwargs: the (chroma prefix, text states) sequence the melody decoder reads,
-        built as the model's own `_prepare_encoder_hidden_states_kwargs_for_generation` builds it.
-        hidden/mask are already doubled for guidance (real rows first, then the zero null rows)."""
-        model, cfg = self.model, self.model.config
-        dec_width = cfg.decoder.hidden_size
-        # T5 positions no row attends to are dropped: the text path then sees exactly its tokens
-        keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-        text, mask = hidden[:, :keep], mask[:, :keep]
-        if cfg.text_encoder.hidden_size != dec_width:
-            text = model.enc_to_dec_proj(text)
-        text = text * mask[..., None].to(text.dtype)                        # (B or 2B, L, D)
-        if melody is None:                 # no source: the model's own "no melody" input
-            audio = torch.zeros(batch, 1, cfg.num_chroma)
-            audio[:, :, 0] = 1
-        else:
-            audio = self.chroma(melody)                                     # (B, frames, 12)
-            if audio.shape[0] != batch:
-                raise DecoderError(f"melody audio for {audio.shape[0]} rows, batch {batch}")
-        if guidance_scale > 1:
-            null = torch.zeros_like(audio)
-            null[:, :, 0] = 1
-            audio = torch.cat([audio, null])
-        audio = audio.to(self.device, model.dtype)
-        if cfg.num_chroma != dec_width:
-            audio = model.audio_enc_to_dec_proj(audio)
-        if audio.shape[1] < cfg.chroma_length:                              # repeat, then cut
-            audio = audio.repeat(1, math.ceil(cfg.chroma_length / audio.shape[1]), 1)
-        audio = audio[:, :cfg.chroma_length]
-        dummy = torch.full((batch, 1), -100, dtype=torch.long, device=self.device)
-        return dict(inputs=dummy, encoder_hidden_states=torch.cat([audio, text], dim=1))
 
 
 @contextlib.contextmanager

@@ -164,6 +164,16 @@ def build_tiny_musicgen(folder: str | Path, cond_dim: int, seed: int = 0,
     return folder
 
 
+def write_melody_preprocessor(folder: Path, sampling_rate: int) -> None:
+    """MusicgenMelodyFeatureExtractor's preprocessor_config.json with the real hop and FFT,
+    written by hand: instantiating that extractor needs torchaudio."""
+    (Path(folder) / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "processor_class": "MusicgenMelodyProcessor",
+        "feature_size": 12, "sampling_rate": sampling_rate, "hop_length": 4096, "chunk_length": 30,
+        "n_fft": 16384, "num_chroma": 12, "padding_value": 0.0, "padding_side": "right",
+        "return_attention_mask": False, "stem_indices": [3, 2]}, indent=2) + "\n")
+
+
 def build_tiny_musicgen_melody(folder: str | Path, cond_dim: int, seed: int = 0,
                                n_cond_tokens: int = 16, chroma_length: int = 32) -> Path:
     """Write a random-weight MusicGen-Melody (transformers `MusicgenMelodyForConditionalGeneration`,
@@ -202,12 +212,7 @@ def build_tiny_musicgen_melody(folder: str | Path, cond_dim: int, seed: int = 0,
         decoder_start_token_id=codebook_size, pad_token_id=codebook_size)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    # written by hand: instantiating MusicgenMelodyFeatureExtractor needs torchaudio
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "processor_class": "MusicgenMelodyProcessor",
-        "feature_size": 12, "sampling_rate": sr, "hop_length": 4096, "chunk_length": 30, "n_fft": 16384,
-        "num_chroma": 12, "padding_value": 0.0, "padding_side": "right", "return_attention_mask": False,
-        "stem_indices": [3, 2]}, indent=2) + "\n")
+    write_melody_preprocessor(folder, sr)
     (folder / musicgen.META_FILE).write_text(json.dumps({"n_cond_tokens": n_cond_tokens}) + "\n")
     return folder
 
