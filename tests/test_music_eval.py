@@ -81,3 +81,15 @@ def test_fad_to_real_is_zero_for_the_real_clips_and_writes_the_wavs(world, tmp_p
     assert same["n"] == 6 and abs(same["fad"]) < 1e-3 and len(list((tmp_path / "same").glob("*.wav"))) == 6
     noise = np.random.default_rng(0).normal(0, 0.3, waves.shape).astype(np.float32)
     assert M.fad_to_real(noise, rate, real, hubert, tmp_path / "noise")["fad"] > 1.0
+
+
+def test_melody_decoder_edits_follow_the_source_chroma(world, decoder_folder, tmp_path):
+    from llama.decoders.tiny_decoders import build_tiny_musicgen_melody
+
+    melody = build_tiny_musicgen_melody(tmp_path / "MusicGenMelody", cond_dim=32, seed=0)
+    ev = PerfectBridge(world / "heldout", MusicGenDecoder.from_pretrained(decoder_folder))
+    report = M.music_report(ev, decoder_folder, world / "train", n=4, seed=0, melody_folder=melody)["edits"]
+    assert {"prompt", "none", "melody"} <= set(report)
+    assert report["melody"] != report["none"] and -1 <= report["melody"]["chroma_corr_to_source"] <= 1
+    without = M.music_report(ev, decoder_folder, world / "train", n=4, seed=0)["edits"]
+    assert "melody" not in without and without["prompt"] == report["prompt"]

@@ -40,7 +40,8 @@ def test_miniature_proof_end_to_end(tmp_path):
     report = run_proof(tmp_path, size=3, seed=0, limit=2, stages={1: one, 2: one, 3: one},
                        standin_kwargs=dict(steps=tiny_steps, log=None, copies=1, probe=False, seconds=1.0,
                                            n_train=8, n_test=4),
-                       decoder_args=["--codec-steps", "2", "--lm-steps", "2", "--no-eval"], music_n=0)
+                       decoder_args=["--codec-steps", "2", "--lm-steps", "2", "--melody-steps", "2", "--no-eval"],
+                       music_n=0)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["answers_from_audio"] and saved["music_from_caption"]["bridge"]["n"] == 1
     text = saved["answer_text_metrics"]
@@ -58,6 +59,12 @@ def test_miniature_proof_end_to_end(tmp_path):
     from llama.tiny import LAYOUT
     weights = [d / LAYOUT["musicgen"] / "model.safetensors" for d in (tmp_path / "decoder", trained, tmp_path / "bundle")]
     assert weights[0].read_bytes() == weights[1].read_bytes() != weights[2].read_bytes()
+    # so is the MusicGen-Melody for edits, which loads as one
+    from DataSet.synth.standins_melody import FOLDER
+    from llama.decoders.musicgen import MusicGenDecoder
+    assert (tmp_path / "decoder" / FOLDER / "model.safetensors").read_bytes() == \
+        (trained / FOLDER / "model.safetensors").read_bytes()
+    assert MusicGenDecoder.from_pretrained(trained / FOLDER).melody
     assert saved["decoder"]["seconds"]["total"] > 0
     import inference
     assert inference.main(["--ckpt-dir", str(trained), "--prompt", "What instrument is playing?",

@@ -17,6 +17,7 @@ from pathlib import Path
 from llama.errors import UserError
 
 from .standins_decoder import REPORT_FILE
+from .standins_melody import FOLDER as MELODY_FOLDER
 
 
 class DecoderJob:
@@ -26,6 +27,7 @@ class DecoderJob:
         self.dir, self.bundle, self.world, self.seed = Path(out), Path(bundle), Path(world), seed
         self.args = list(args or [])                     # extra CLI flags (tests: fewer steps)
         self.folder = self.dir / LAYOUT["musicgen"]      # the trained MusicGen, once done
+        self.melody_folder = self.dir / MELODY_FOLDER    # and MusicGen-Melody, unless --melody-steps 0
         self.source = self.bundle / LAYOUT["musicgen"]
         self.log = self.dir / "log.txt"
         self.proc: subprocess.Popen | None = None

@@ -9,8 +9,9 @@ clips (what the measures can read at all).
 
 Edits: for held-out MUEdit items whose change keeps the melody (instrument, tempo, drums), the
 pitch-class-profile correlation of the new audio with the source's, with the decoder hearing the
-source (`--edit-mode prompt`, the project's default for MusicGen) and without it (`none`), and
-whether the changed attribute is heard as asked.
+source (`--edit-mode prompt`, the project's default for MusicGen; `melody`, the source's chroma,
+when a MusicGen-Melody folder is given) and without it (`none`), and whether the changed attribute
+is heard as asked.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def _piece(attrs: dict) -> SimpleNamespace:
 
 
 def _render(decoder, conds: list[torch.Tensor], duration: float, seed: int, sources=None,
-            batch: int = 20) -> np.ndarray:
+            batch: int = 20, mode: str = "prompt") -> np.ndarray:
     """(N, T) audio from N projector outputs (cond_tokens, C); row i samples with seed + i, so a
-    row does not depend on its batch. sources: (N, T) waves the decoder continues (edit)."""
+    row does not depend on its batch. sources: (N, T) waves the decoder hears in edit `mode`."""
     from llama.long_music import render_music
 
     out = []
@@ -44,7 +45,7 @@ def _render(decoder, conds: list[torch.Tensor], duration: float, seed: int, sour
             out.append(decoder.render_projected(cond, duration, seeds=seeds))
         else:
             out.append(np.stack([render_music(decoder, cond[b:b + 1], duration, seeds[b],
-                                              source=sources[i + b], edit_mode="prompt")
+                                              source=sources[i + b], edit_mode=mode)
                                  for b in range(len(cond))]))
     return np.concatenate(out)
 
@@ -104,8 +105,10 @@ def caption_to_music(ev, decoder, ref: E.Reference, n: int, seed: int = 0, durat
     return out
 
 
-def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0) -> dict:
-    """Held-out melody-keeping edits, rendered hearing the source and not."""
+def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float = 4.0,
+          melody_decoder=None) -> dict:
+    """Held-out melody-keeping edits, rendered hearing the source and not (and following its
+    chroma, with a MusicGen-Melody `melody_decoder`)."""
     import soundfile as sf
 
     from .standins_codec import to_codec_rate
@@ -123,29 +126,40 @@ def edits(ev, decoder, ref: E.Reference, n: int, seed: int = 0, duration: float 
         targets.append(_piece(rec["attributes"]))
         kinds.append(rec["kind"])
     out = {"n": len(samples), "kinds": {k: kinds.count(k) for k in KEEPS_MELODY}}
-    for mode, srcs in (("prompt", sources), ("none", None)):
-        waves = _render(decoder, conds, duration, seed, srcs)
+    runs = [("prompt", decoder, sources), ("none", decoder, None)]
+    if melody_decoder is not None:
+        runs.append(("melody", melody_decoder, sources))
+    for mode, dec, srcs in runs:
+        waves = _render(dec, conds, duration, seed, srcs, mode=mode)
         heard = ref.read(waves)
         asked = [h[k] == getattr(t, k) for h, t, k in zip(heard, targets, kinds) if k != "drums"]
+        by_kind = {k: [h[k] == getattr(t, k) for h, t, kk in zip(heard, targets, kinds) if kk == k]
+                   for k in ("instrument", "tempo")}
         out[mode] = {"profile_corr_to_source": round(float(np.mean([E.profile_corr(w, s) for w, s in zip(waves, sources)])), 4),
+                     # frame by frame: the melody itself, not only its key
+                     "chroma_corr_to_source": round(float(np.mean([E.chroma_corr(w, s) for w, s in zip(waves, sources)])), 4),
                      "key_mode_of_source": E.accuracy(heard, targets)["accuracy"]["key_mode"],
-                     "changed_attribute_heard": round(float(np.mean(asked)), 4) if asked else None}
+                     "changed_attribute_heard": round(float(np.mean(asked)), 4) if asked else None,
+                     "changed_attribute_heard_by_kind": {k: round(float(np.mean(v)), 4) if v else None
+                                                         for k, v in by_kind.items()}}
     return out
 
 
 def music_report(ev, decoder_folder: Path, world_train: Path, n: int = 40, seed: int = 0,
-                 fad: dict | None = None) -> dict:
+                 fad: dict | None = None, melody_folder: Path | None = None) -> dict:
     """Both measures for the model behind Evaluator `ev`, rendered by the MusicGen at
-    `decoder_folder` (fad: see `caption_to_music`)."""
+    `decoder_folder` (fad: see `caption_to_music`); edits also by the MusicGen-Melody at
+    `melody_folder`, when given."""
     from llama.decoders.musicgen import MusicGenDecoder
 
     from .standins_decoder import world_clips
 
     decoder = MusicGenDecoder.from_pretrained(decoder_folder)
+    melody = MusicGenDecoder.from_pretrained(melody_folder) if melody_folder is not None else None
     ref = E.Reference.fit(world_clips(world_train, 200))
     heldout = world_clips(ev.split, n)
     with torch.random.fork_rng(devices=[]):
         return {"caption_to_music": caption_to_music(ev, decoder, ref, n, seed, fad=fad),
-                "edits": edits(ev, decoder, ref, n, seed),
+                "edits": edits(ev, decoder, ref, n, seed, melody_decoder=melody),
                 "real_clips": E.real_ceiling(heldout, ref)["accuracy"],
                 "chance": {k: round(v, 4) for k, v in E.CHANCE.items()}}

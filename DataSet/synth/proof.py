@@ -26,6 +26,7 @@ from pathlib import Path
 from llama.errors import UserError
 
 from .decoder_job import DecoderJob
+from .standins_melody import FOLDER as MELODY_FOLDER
 
 
 @dataclass
@@ -99,9 +100,11 @@ def train_stage(out: Path, stage: int, settings: StageSettings, seed: int) -> Pa
     return final
 
 
-def install_default(bundle: Path, final: Path, out: Path, musicgen: Path | None = None) -> Path:
+def install_default(bundle: Path, final: Path, out: Path, musicgen: Path | None = None,
+                    melody: Path | None = None) -> Path:
     """A copy of the bundle whose own trained weights ("mumu" in bundle.json) are `final`, and
-    whose MusicGen is `musicgen` (the world-trained stand-in) when given.
+    whose MusicGen is `musicgen` (the world-trained stand-in) when given; `melody`, a world-trained
+    MusicGen-Melody for edits, goes next to it as MusicGenMelody/ when given.
 
     The training bundle itself is left as it was, so a rerun trains from the same start.
     """
@@ -116,15 +119,19 @@ def install_default(bundle: Path, final: Path, out: Path, musicgen: Path | None 
     if musicgen is not None:
         shutil.rmtree(tmp / LAYOUT["musicgen"])
         shutil.copytree(musicgen, tmp / LAYOUT["musicgen"])
+    if melody is not None and melody.is_dir():
+        shutil.copytree(melody, tmp / MELODY_FOLDER)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
 
 
-def rendered_music(trained: Path, bundle: Path, world: Path, musicgen: Path, n: int, seed: int) -> dict:
+def rendered_music(trained: Path, bundle: Path, world: Path, musicgen: Path, n: int, seed: int,
+                   melody: Path | None = None) -> dict:
     """`music_eval` for the trained model, and for the untrained one (the same bundle before
-    stages 1-3) with the same trained MusicGen: what the training adds to the music."""
+    stages 1-3) with the same trained MusicGen (and MusicGen-Melody for edits, when given): what
+    the training adds to the music."""
     from llama.pipeline import BundlePaths, MuMuPipeline
 
     from .evaluate import Evaluator
@@ -138,7 +145,8 @@ def rendered_music(trained: Path, bundle: Path, world: Path, musicgen: Path, n: 
         ev = Evaluator(MuMuPipeline.load(paths), world / "heldout")
         # FAD on the world-pretrained MERT stand-in's embeddings, the same model for both
         fad = {"embed_model": paths.mert, "out_dir": trained.parent / "music" / name}
-        out[name] = music_report(ev, paths.musicgen, world / "train", n=n, seed=seed, fad=fad)
+        out[name] = music_report(ev, paths.musicgen, world / "train", n=n, seed=seed, fad=fad,
+                                 melody_folder=melody if melody is not None and melody.is_dir() else None)
     return out
 
 
@@ -197,12 +205,14 @@ def run_proof(out: str | Path, size: int = 200, seed: int = 0, limit: int | None
         timings["decoder_wait_s"] = time.perf_counter() - t
     finally:
         job.stop()
-    trained = install_default(bundle, finals[3], out / "trained_bundle", musicgen=job.folder)
+    trained = install_default(bundle, finals[3], out / "trained_bundle", musicgen=job.folder,
+                              melody=job.melody_folder)
     t = time.perf_counter()
     log("rendering the trained model's music on the held-out split")
     report["decoder"] = {k: v for k, v in decoder.items() if k != "pretrain"} | {
         "seconds": decoder["pretrain"]["seconds"], "codes_used": decoder["pretrain"]["codes_used"]}
-    report["music_rendered"] = rendered_music(trained, bundle, out / "world", job.folder, music_n, seed)
+    report["music_rendered"] = rendered_music(trained, bundle, out / "world", job.folder, music_n, seed,
+                                              melody=trained / MELODY_FOLDER)
     timings["music_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     report["targets"] = check_targets(report)

@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-steps", type=int, default=DecoderSettings.lm_steps)
     ap.add_argument("--eval-pieces", type=int, default=40, help="held-out pieces the measures use")
     ap.add_argument("--no-eval", action="store_true", help="skip decoder_eval before and after")
+    ap.add_argument("--melody-steps", type=int, default=DecoderSettings.lm_steps,
+                    help="then train a MusicGen-Melody LM on the same codec into BUNDLE_DIR/MusicGenMelody "
+                         "(standins_melody); 0: none")
     args = ap.parse_args(argv)
     from llama.tiny import LAYOUT
 
@@ -254,6 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         say("measuring the trained decoder")
         report["after"] = E.evaluate(folder, heldout, ref, seed=args.seed)
         report["real"] = E.real_ceiling(heldout, ref)
+    if args.melody_steps > 0:
+        from . import standins_melody as M
+
+        say("MusicGen-Melody stand-in on the same codec")
+        msettings = dataclasses.replace(M.MelodySettings.like(settings), steps=args.melody_steps)
+        report["melody"] = {"pretrain": M.pretrain_melody(folder, args.bundle_dir / M.FOLDER, train, msettings,
+                                                          args.seed, log=say, eval_clips=heldout)}
+        if not args.no_eval:
+            say("measuring the melody decoder on held-out edits")
+            report["melody"]["edits"] = M.evaluate_edits(args.bundle_dir / M.FOLDER, args.world / "heldout", ref,
+                                                         n=args.eval_pieces, seed=args.seed)
+    # written last: its presence means every folder is complete (decoder_job)
     (args.bundle_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "pretrain"}, indent=1))
     print(f"pretraining took {report['pretrain']['seconds']['total']} s; wrote {args.bundle_dir / REPORT_FILE}")
