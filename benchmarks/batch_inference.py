@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import decode as decode_bench  # noqa: E402
 
 import inference  # noqa: E402
+from llama.batch_runner import layout_for  # noqa: E402
 from llama.compiled_decode import CompiledDecode  # noqa: E402
 
 NO_EOS = -1
@@ -82,10 +83,23 @@ def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ 2. dim 512
-def build(args):
+def build(args, layout: str = "columns"):
     model = decode_bench.build_model(args)
-    model.llm.merge_lora()                            # as MuMuPipeline.load does for fp32
+    model.llm.merge_lora(layout)                      # as MuMuPipeline.load does for fp32
     return model
+
+
+class Models:
+    """One model per weight layout, built on first use (same seed, same weights)."""
+
+    def __init__(self, args):
+        self.args, self.built = args, {}
+
+    def for_batch(self, B: int):
+        layout = layout_for(B, self.args.layout)
+        if layout not in self.built:
+            self.built[layout] = build(self.args, layout)
+        return self.built[layout]
 
 
 def mixed_prompts(B: int, base: int, vocab: int) -> list[list[int]]:
@@ -94,11 +108,12 @@ def mixed_prompts(B: int, base: int, vocab: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def bench_generate(model, sizes: list[int], args) -> dict:
+def bench_generate(models: Models, sizes: list[int], args) -> dict:
     rows, tokens = {}, {}
-    vocab = model.cfg.llama.vocab_size
-    model.generate([mixed_prompts(1, args.prompt, vocab)[0]], {}, max_new_tokens=4, eos_id=NO_EOS)   # warm-up
     for B in sizes:
+        model = models.for_batch(B)
+        vocab = model.cfg.llama.vocab_size
+        model.generate([mixed_prompts(1, args.prompt, vocab)[0]], {}, max_new_tokens=4, eos_id=NO_EOS)   # warm-up
         prompts = mixed_prompts(B, args.prompt, vocab)
         gens = [torch.Generator().manual_seed(b) for b in range(B)]
         best = float("inf")
@@ -107,7 +122,9 @@ def bench_generate(model, sizes: list[int], args) -> dict:
             out = model.generate(prompts, {}, max_new_tokens=[args.new] * B, eos_id=NO_EOS, generator=gens)
             best = min(best, time.perf_counter() - t0)
         tokens[B] = out.tokens
-        rows[B] = {"seconds": best, "tokens_s": B * args.new / best, "requests_s": B / best}
+        rows[B] = {"seconds": best, "tokens_s": B * args.new / best, "requests_s": B / best,
+                   "layout": layout_for(B, args.layout)}
+    model = models.for_batch(1)
     alone = [model.generate([p], {}, max_new_tokens=args.new, eos_id=NO_EOS).tokens[0]
              for p in mixed_prompts(max(sizes), args.prompt, vocab)]
     same = all(tokens[B] == alone[:B] for B in sizes)
@@ -169,6 +186,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--skip", nargs="*", default=[], choices=["cli", "generate", "floor"])
+    p.add_argument("--layout", choices=["auto", "columns", "rows"], default="auto",
+                   help="LLM weight layout per batch size (auto: as inference.py --weight-layout auto)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -179,13 +198,12 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as work:
             res["cli_tiny"] = bench_cli(args.sizes, args.tiny_requests, Path(work))
         report("batch CLI, tiny bundle", res["cli_tiny"]["by_batch"])
-    if "generate" not in args.skip or "floor" not in args.skip:
-        model = build(args)
+    models = Models(args)
     if "generate" not in args.skip:
-        res["generate_dim512"] = bench_generate(model, args.sizes, args)
+        res["generate_dim512"] = bench_generate(models, args.sizes, args)
         report(f"generate(), dim {args.dim} x {args.layers} layers", res["generate_dim512"]["by_batch"])
     if "floor" not in args.skip:
-        res["floor"] = bench_floor(model, args)
+        res["floor"] = bench_floor(models.for_batch(1), args)
         print(json.dumps(res["floor"], indent=1), flush=True)
     res["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
     if args.json:

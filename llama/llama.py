@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
         return self.lora_b(self.lora_a(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = product(x, self.weight, self.bias)
         if self.lora_a is not None and not self.merged:
             y = y + self.lora(x)
         return y
@@ -90,12 +90,26 @@ class LoRALinear(nn.Module):
 # `unmerge_lora`) undoes the packing and forward falls back to one product per weight.
 # Measured in benchmarks/README.md.
 
+# Batch servers (`merge_lora(layout="rows")`): with 2-16 rows MKL's GEMM on the column-major
+# block is compute-bound (few-row kernels), while `W @ x^T` on a row-major block streams the
+# weight once: 1.3-1.8x per decode step at B = 4-8, 0.66-0.73x at B = 1 (benchmarks/README.md).
+# So the layout is chosen at load time by the batch size; the block is row-major, read with
+# `W @ x^T` for 2-16 rows (`FEW_ROWS`) when no gradient is needed, F.linear otherwise.
+LAYOUTS = ("columns", "rows")
+FEW_ROWS = (2, 16)
+
+
 @torch.no_grad()
-def pack_(weights: list[torch.Tensor]) -> None:
-    """Store (out_i, in) CPU weights as rows of one column-major (sum out_i, in) block, in place."""
+def pack_(weights: list[torch.Tensor], layout: str = "columns") -> None:
+    """Store (out_i, in) CPU weights as rows of one (sum out_i, in) block, in place: column-major
+    (batch-1 decoding) or row-major (batch servers)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
     if weights[0].device.type != "cpu":
         return
-    block = torch.cat([w.data for w in weights]).t().contiguous().t()  # strides (1, sum out_i)
+    block = torch.cat([w.data for w in weights])                       # strides (in, 1)
+    if layout == "columns":
+        block = block.t().contiguous().t()                              # strides (1, sum out_i)
     start = 0
     for w in weights:
         n = w.shape[0]
@@ -107,14 +121,30 @@ def packed_block(linears) -> torch.Tensor | None:
     """The (sum out_i, in) block that `pack_` made of these weights, or None if it no longer
     holds (a copy undid it) or a LoRA term is still pending."""
     first = linears[0].weight
-    total, offset = first.stride(1), 0
+    cols = first.stride() == (1, first.stride(1))
+    total = first.stride(1) if cols else sum(lin.weight.shape[0] for lin in linears)
+    width, offset = first.shape[1], 0
     for lin in linears:
         w = lin.weight
-        if (lin.lora_pending or w.stride() != (1, total)
-                or w.data_ptr() != first.data_ptr() + offset * w.element_size()):
+        stride = (1, total) if cols else (width, 1)
+        step = offset if cols else offset * width
+        if lin.lora_pending or w.stride() != stride or w.data_ptr() != first.data_ptr() + step * w.element_size():
             return None
         offset += w.shape[0]
-    return first.as_strided((total, first.shape[1]), (1, total)) if offset == total else None
+    if offset != total:
+        return None
+    return first.as_strided((total, width), (1, total) if cols else (width, 1))
+
+
+def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, W, b), as `W @ x^T` for a few rows on a row-major CPU weight without autograd
+    (see above); exactly F.linear otherwise."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if (FEW_ROWS[0] <= rows <= FEW_ROWS[1] and weight.stride(-1) == 1 and x.device.type == "cpu"
+            and not torch.is_grad_enabled()):
+        y = (weight @ x.reshape(rows, x.shape[-1]).t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
 
 
 def packed_linear(x: torch.Tensor, linears) -> list[torch.Tensor] | None:
@@ -122,7 +152,7 @@ def packed_linear(x: torch.Tensor, linears) -> list[torch.Tensor] | None:
     block = packed_block(linears)
     if block is None:
         return None
-    outs = F.linear(x, block).split([lin.weight.shape[0] for lin in linears], dim=-1)
+    outs = product(x, block).split([lin.weight.shape[0] for lin in linears], dim=-1)
     return [y if lin.bias is None else y + lin.bias for y, lin in zip(outs, linears)]
 
 
@@ -295,7 +325,7 @@ class Transformer(nn.Module):
             h = layer(h, rot, mask, cache, i, adapter_res[i])
         if cache is not None:
             cache.length = start + S
-        logits = self.output(self.norm(h[:, -1:] if logits_for == "last" else h))
+        logits = product(self.norm(h[:, -1:] if logits_for == "last" else h), self.output.weight)
         return logits, h
 
     @staticmethod
@@ -310,17 +340,17 @@ class Transformer(nn.Module):
         # A fully masked row (a padding query) would give NaN; let it see itself.
         return allowed | (~allowed.any(-1, keepdim=True) & (torch.arange(T, device=device) == q_pos))
 
-    def merge_lora(self) -> None:
+    def merge_lora(self, layout: str = "columns") -> None:
         """Prepare for inference: fold LoRA into the base weights, then pack them for decoding
-        (see `pack_`). Training must call `unmerge_lora` first."""
+        (see `pack_`; "rows" for batch servers). Training must call `unmerge_lora` first."""
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.merge()
         for layer in self.layers:
             a, f = layer.attention, layer.feed_forward
-            pack_([a.wq.weight, a.wk.weight, a.wv.weight])
-            pack_([f.w1.weight, f.w3.weight])
-        pack_([self.output.weight])
+            pack_([a.wq.weight, a.wk.weight, a.wv.weight], layout)
+            pack_([f.w1.weight, f.w3.weight], layout)
+        pack_([self.output.weight], layout)
 
     def unmerge_lora(self) -> None:
         """Undo `merge_lora`: LoRA back out of the weights, each weight contiguous again."""
@@ -343,4 +373,4 @@ def init_new_token_rows(weight: torch.Tensor, n_base: int) -> None:
 
 
 __all__ = ["RMSNorm", "LoRALinear", "KVCache", "Transformer", "apply_rope", "rope_rotation", "rope_tables",
-           "pack_", "param_count", "init_new_token_rows"]
+           "pack_", "product", "param_count", "init_new_token_rows"]

@@ -130,9 +130,11 @@ class MuMuPipeline:
 
     @classmethod
     def load(cls, paths: BundlePaths, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             trust_remote_code: bool = False, merge_lora: bool = True) -> "MuMuPipeline":
+             trust_remote_code: bool = False, merge_lora: bool = True,
+             layout: str = "columns") -> "MuMuPipeline":
         """Memory: the LLM is built on the meta device and takes each base weight as read, in
-        `dtype`, so loading peaks at about the final model (benchmarks/load_memory.py)."""
+        `dtype`, so loading peaks at about the final model (benchmarks/load_memory.py). `layout`:
+        the fp32 CPU weight layout (`Transformer.merge_lora`; "rows" for batch servers)."""
         weights_dir, tokenizer_path = paths.llama_locations()
         tokenizer = Tokenizer(tokenizer_path)
         llama_cfg, base = load_llama_weights(weights_dir)
@@ -158,7 +160,7 @@ class MuMuPipeline:
             # Nothing left to fold: packs the weights for CPU decoding, as measured in
             # benchmarks/README.md. Other dtypes keep the plain layout, as before (the cast after
             # packing undid it), and so do not pay packing's transient copies.
-            model.llm.merge_lora()
+            model.llm.merge_lora(layout)
         return cls(paths, model, tokenizer, torch.device(device), dtype, trust_remote_code)
 
     # ------------------------------------------------------------ lazily loaded parts

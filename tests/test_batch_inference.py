@@ -97,6 +97,17 @@ def test_batched_equals_one_by_one_on_twenty_mixed_requests(cli, media, tmp_path
         assert np.array_equal(wav_samples(tmp_path / "eight", name), wav_samples(tmp_path / "one", name)), name
     timings = [json.loads(line)["timings"] for line in (tmp_path / "eight" / "results.jsonl").read_text().splitlines()]
     assert max(t["batch_size"] for t in timings) > 1                         # they really were batched
+    # batch 8 runs on row-major weights (auto); the batch-1 layout gives the same answers
+    rc, _, _ = cli("--input", reqs, "--output-dir", tmp_path / "cols", "--batch-size", 8, "--weight-layout", "columns")
+    assert rc == 0 and results(tmp_path / "cols") == one
+
+
+def test_weight_layout_follows_the_batch_size():
+    from llama.batch_runner import ROWS_FROM_BATCH, layout_for
+
+    assert layout_for(1) == layout_for(ROWS_FROM_BATCH - 1) == "columns"
+    assert layout_for(ROWS_FROM_BATCH) == layout_for(16) == "rows"
+    assert layout_for(16, "columns") == "columns" and layout_for(1, "rows") == "rows"
 
 
 def test_one_corrupt_file_among_eight_fails_alone(cli, media, tmp_path):

@@ -124,3 +124,39 @@ def test_packed_inference_layout_keeps_values_and_undoes_cleanly():
     assert all(p.is_contiguous() for p in model.parameters())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, originals[k], rtol=1e-5, atol=1e-6)
+
+
+def test_row_layout_for_batch_servers_keeps_values_and_reads_blocks():
+    """merge_lora(layout="rows"): row-major blocks that packed_block finds, products of 2-16 rows
+    through `W @ x^T`, and the same logits and greedy steps as the column layout."""
+    from llama.llama import FEW_ROWS, packed_block, product
+
+    cfg = small_cfg()
+    tokens = torch.randint(0, cfg.full_vocab_size, (4, 9), generator=torch.Generator().manual_seed(1))
+    prefixes = torch.randn(4, cfg.n_adapter_layers, cfg.dim, generator=torch.Generator().manual_seed(2))
+    outs = {}
+    for layout in ("columns", "rows"):
+        model = randomised(cfg)
+        model.merge_lora(layout=layout)
+        a = model.layers[0].attention
+        block = packed_block((a.wq, a.wk, a.wv))
+        assert block is not None and block.shape == (3 * cfg.dim, cfg.dim)
+        assert block.is_contiguous() == (layout == "rows")
+        res = model.adapter_residuals(prefixes)
+        with torch.no_grad():
+            full, _ = model(tokens, res)
+            cache = KVCache.allocate(cfg, 4, 12, "cpu", torch.float32)
+            steps = [model(tokens[:, :4], res, cache)[0]] + [model(tokens[:, i:i + 1], res, cache)[0]
+                                                             for i in range(4, 9)]
+        torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+        outs[layout] = full
+    torch.testing.assert_close(outs["rows"], outs["columns"], rtol=1e-5, atol=1e-5)
+    # the few-row product equals F.linear on each side of the row range, with and without bias
+    w, b = torch.randn(24, 8), torch.randn(24)
+    for rows in (1, FEW_ROWS[0], FEW_ROWS[1], FEW_ROWS[1] + 1):
+        x = torch.randn(rows, 1, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(product(x, w, b), torch.nn.functional.linear(x, w, b))
+            assert product(x, w).is_contiguous()
+    with pytest.raises(ValueError, match="layout"):
+        randomised(cfg).merge_lora(layout="diagonal")
