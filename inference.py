@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--vivit-path", type=Path, dest="vivit")
     src.add_argument("--music-decoder", choices=["musicgen", "audioldm2"])
     src.add_argument("--music-decoder-path", type=Path)
+    src.add_argument("--melody-decoder-path", type=Path, dest="musicgen_melody",
+                     help="a MusicGen-Melody folder that makes edits (--edit-mode auto/melody) beside MusicGen")
     src.add_argument("--checkpoint", type=Path, help="published M2UGen/MuMu-LLaMA checkpoint.pth")
     src.add_argument("--mumu", type=Path, help="our trained weights folder (model.safetensors + config.json)")
     src.add_argument("--variant", choices=["mumu", "m2ugen"], help="flavour of --checkpoint (default: read off the file; refused if the file is the other one)")
@@ -103,8 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--edit-mode", choices=["auto", "prompt", "melody", "init", "none"], default="auto",
                      help="music with source audio (one request, --chat): also condition the decoder on the "
                           "source (prompt: MusicGen continues it; melody: MusicGen-Melody chroma; init: AudioLDM2 "
-                          "starts from its latents); auto = prompt for MusicGen, melody for a MusicGen-Melody "
-                          "folder, init for AudioLDM2. Batch requests render without it")
+                          "starts from its latents); auto = melody when a MusicGen-Melody is beside MusicGen "
+                          "(bundle.json musicgen_melody, --melody-decoder-path), else prompt for MusicGen, melody "
+                          "for a MusicGen-Melody folder, init for AudioLDM2. Batch requests render without it")
     gen.add_argument("--edit-strength", type=float, default=0.6,
                      help="--edit-mode init: how far from the source, 0 (the source) to 1 (from scratch)")
     gen.add_argument("--stream", action="store_true", help="print the answer token by token (one request, --chat)")
@@ -145,8 +148,8 @@ def load_pipeline(args):
         raise CheckpointError(f"{ckpt}: not a folder (--ckpt-dir takes a bundle folder with bundle.json)")
     paths = BundlePaths.from_bundle(ckpt, llama_type=args.llama_type, variant=args.variant,
                                     music_decoder=args.music_decoder)
-    for k in ("llama_dir", "mert", "vit", "vivit", "checkpoint"):   # CLI paths are cwd-relative
-        if getattr(args, k) is not None:
+    for k in ("llama_dir", "mert", "vit", "vivit", "checkpoint", "musicgen_melody"):   # cwd-relative
+        if getattr(args, k, None) is not None:
             setattr(paths, k, getattr(args, k))
     if args.mumu is not None:
         setattr(paths, "mumu_audioldm2" if paths.music_decoder == "audioldm2" else "mumu", args.mumu)

@@ -36,6 +36,7 @@ class BundlePaths:
     vit: Path | None = None
     vivit: Path | None = None
     musicgen: Path | None = None
+    musicgen_melody: Path | None = None  # a MusicGen-Melody for edits beside MusicGen (edit_decoder)
     audioldm2: Path | None = None
     mumu: Path | None = None             # our trained weights (model.safetensors + config.json)
     mumu_audioldm2: Path | None = None   # the same, trained for the AudioLDM2 decoder
@@ -59,8 +60,8 @@ class BundlePaths:
         if unknown:
             raise CheckpointError(f"{path}: unknown entries {sorted(unknown)}")
         spec.update({k: v for k, v in overrides.items() if v is not None})
-        paths = {"llama_dir", "mert", "vit", "vivit", "musicgen", "audioldm2", "mumu", "mumu_audioldm2",
-                 "checkpoint"}
+        paths = {"llama_dir", "mert", "vit", "vivit", "musicgen", "musicgen_melody", "audioldm2", "mumu",
+                 "mumu_audioldm2", "checkpoint"}
         for k in paths & set(spec):
             spec[k] = folder / spec[k] if spec[k] is not None else None
         return cls(**spec)
@@ -127,6 +128,7 @@ class MuMuPipeline:
         self.trust_remote_code = trust_remote_code
         self._encoders: dict[str, object] = {}
         self._decoder = None
+        self._melody_decoder = None
 
     @classmethod
     def load(cls, paths: BundlePaths, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -193,6 +195,27 @@ class MuMuPipeline:
             self._decoder.check_projector(self.model.cfg.projector)
         return self._decoder
 
+    def edit_decoder(self, edit_mode: str):
+        """(decoder, concrete edit mode) for music made with a source clip. With MusicGen as the
+        music decoder and a MusicGen-Melody beside it (bundle.json "musicgen_melody"), `auto` and
+        `melody` edits go to the melody model, which keeps the source's notes while the text
+        changes the rest (measured on the world: docs/synth_report.json); else as
+        `long_music.edit_mode_for` says for the music decoder."""
+        from .long_music import edit_mode_for
+        main = self.decoder()
+        if (edit_mode in ("auto", "melody") and self.paths.musicgen_melody is not None
+                and self.model.cfg.music_decoder == "musicgen" and not getattr(main, "melody", False)):
+            if self._melody_decoder is None:
+                from .decoders import load_decoder
+                from .encoders import quiet_progress
+                with quiet_progress():
+                    dec = load_decoder("musicgen", self.paths.musicgen_melody, device=self.device, dtype=self.dtype)
+                dec.check_projector(self.model.cfg.projector)
+                edit_mode_for(dec, "melody")                    # a MusicGen-Melody, or a one-line error
+                self._melody_decoder = dec
+            return self._melody_decoder, "melody"
+        return main, edit_mode_for(main, edit_mode)
+
     # ------------------------------------------------------------ one request
     def features(self, audio=None, image=None, video=None) -> dict[str, torch.Tensor]:
         """Media paths -> encoder features with a batch axis of 1."""
@@ -231,10 +254,9 @@ class MuMuPipeline:
         out.timings = {"encode_s": t1 - t0, "generate_s": t2 - t1, "new_tokens": len(result.tokens[0])}
         cond = result.music_cond[0]
         if cond is not None:
-            decoder = self.decoder()
             kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-            from .long_music import edit_mode_for, render_music
-            mode = edit_mode_for(decoder, edit_mode) if audio is not None else "none"
+            from .long_music import render_music
+            decoder, mode = self.edit_decoder(edit_mode) if audio is not None else (self.decoder(), "none")
             source = load_audio(audio, decoder.sampling_rate) if mode != "none" else None
             out.audio = render_music(decoder, cond[None] / self.model.cfg.bridge_scale, duration, seed,
                                      source=source, edit_mode=mode, progress=progress,

@@ -65,6 +65,7 @@ def test_miniature_proof_end_to_end(tmp_path):
     assert (tmp_path / "decoder" / FOLDER / "model.safetensors").read_bytes() == \
         (trained / FOLDER / "model.safetensors").read_bytes()
     assert MusicGenDecoder.from_pretrained(trained / FOLDER).melody
+    assert json.loads((trained / "bundle.json").read_text())["musicgen_melody"] == FOLDER
     assert saved["decoder"]["seconds"]["total"] > 0
     import inference
     assert inference.main(["--ckpt-dir", str(trained), "--prompt", "What instrument is playing?",

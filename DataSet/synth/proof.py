@@ -121,6 +121,9 @@ def install_default(bundle: Path, final: Path, out: Path, musicgen: Path | None 
         shutil.copytree(musicgen, tmp / LAYOUT["musicgen"])
     if melody is not None and melody.is_dir():
         shutil.copytree(melody, tmp / MELODY_FOLDER)
+        spec = json.loads((tmp / "bundle.json").read_text())
+        spec["musicgen_melody"] = MELODY_FOLDER          # edits go to it (MuMuPipeline.edit_decoder)
+        (tmp / "bundle.json").write_text(json.dumps(spec, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
