@@ -60,11 +60,19 @@ def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
     write_examples(media)
     reqs = work / "requests.jsonl"
     reqs.write_text("".join(json.dumps(r) + "\n" for r in tiny_requests(media, n)))
-    pipe = inference.load_pipeline(inference.parse_args(["--ckpt-dir", str(bundle), "--prompt", "x"]))
-    real_load, inference.load_pipeline = inference.load_pipeline, lambda args: pipe
+    real_load, pipes = inference.load_pipeline, {}
+
+    def load(args):                                # one pipeline per weight layout, loaded once
+        layout = layout_for(args.batch_size, args.weight_layout)
+        if layout not in pipes:
+            pipes[layout] = real_load(args)
+        return pipes[layout]
+
+    inference.load_pipeline = load
+    warm = list({layout_for(B): B for B in sizes}.values())
     rows, answers = {}, {}
     try:
-        for B in [sizes[0]] + sizes:                   # the first run warms up (lazy encoders, decoder)
+        for B in warm + sizes:                         # the first run per layout warms up (lazy encoders, decoder)
             out = work / f"out-{B}-{time.monotonic_ns()}"
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):           # the answers themselves
@@ -74,7 +82,9 @@ def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
             recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
             tokens = sum(r["timings"]["new_tokens"] for r in recs if r["error"] is None)
             rows[B] = {"rc": rc, "seconds": seconds, "requests_s": len(recs) / seconds, "tokens_s": tokens / seconds,
-                       "tokens": tokens}
+                       "tokens": tokens, "layout": layout_for(B),
+                       "stage_s": {k: round(sum(r["timings"].get(k, 0.0) for r in recs if r["error"] is None)
+                                            / max(1, B), 3) for k in ("encode_s", "generate_s", "render_s")}}
             answers[B] = [(r["id"], r["answer"]) for r in recs]
     finally:
         inference.load_pipeline = real_load

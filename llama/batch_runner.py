@@ -77,9 +77,24 @@ def make_batches(items: list[tuple[int, Request, int]], batch_size: int) -> list
     return batches
 
 
-def answer_group(pipe, reqs: list[Request], decode_step=None) -> list[Answer | UserError]:
+@dataclass
+class PendingMusic:
+    """A music answer whose audio is still to render: batched with others by `render_pending`."""
+
+    key: object                             # the caller's name for the slot (a list index)
+    answer: Answer
+    cond: torch.Tensor                      # (cond_tokens, C), already divided by the bridge scale
+    duration: float
+    guidance: float | None
+    seed: int
+
+
+def answer_group(pipe, reqs: list[Request], decode_step=None,
+                 music: list[PendingMusic] | None = None) -> list[Answer | UserError]:
     """Answer requests that share temperature and top_p in one batch; a UserError in a slot is
-    that request's failure.
+    that request's failure. With a `music` list, music answers are appended to it (key = their
+    index in the returned list) for `render_pending` instead of being rendered here, so that the
+    decoder renders music from several batches in one call.
 
     Equality with one-at-a-time: features and adapters run per request (bit-identical); the
     sampled token of row b comes from a generator seeded by that request alone; the decoder
@@ -102,11 +117,16 @@ def answer_group(pipe, reqs: list[Request], decode_step=None) -> list[Answer | U
         settings = {(x.req.temperature, x.req.top_p) for x in live}
         if len(settings) > 1:
             raise ValueError(f"one batch must share temperature and top_p, got {sorted(settings)}")
-        _generate(pipe, live, out, decode_step)
+        pending = _generate(pipe, live, out, decode_step)
+        if music is not None:
+            music.extend(pending)
+        else:
+            for key, err in render_pending(pipe, pending, max(1, len(pending))).items():
+                out[key] = err
     return out
 
 
-def _generate(pipe, live: list[_Live], out: list, decode_step) -> None:
+def _generate(pipe, live: list[_Live], out: list, decode_step) -> list[PendingMusic]:
     first = live[0].req
     feats = {m: [x.feats.get(m) for x in live] for m in MODALITIES if any(m in x.feats for x in live)}
     t0 = time.perf_counter()
@@ -123,31 +143,44 @@ def _generate(pipe, live: list[_Live], out: list, decode_step) -> None:
                        "batch_size": len(live)}
         answers.append(ans)
         out[x.index] = ans
-    music = [b for b, c in enumerate(result.music_cond) if c is not None]
-    # one decoder call per (duration, guidance): both are settings of the whole render
-    groups: dict[tuple, list[int]] = {}
-    for b in music:
-        groups.setdefault((live[b].req.duration, live[b].req.guidance_scale), []).append(b)
-    for (duration, guidance), rows in groups.items():
-        conds = torch.stack([result.music_cond[b] for b in rows]) / pipe.model.cfg.bridge_scale
-        seeds = [live[b].req.seed for b in rows]
-        t1 = time.perf_counter()
-        try:
-            waves = _render(pipe, conds, duration, guidance, seeds)
-        except UserError:
-            if len(rows) == 1:
-                raise
-            waves = None                     # find out which request it was: render alone
-        for j, b in enumerate(rows):
+    return [PendingMusic(x.index, answers[b], result.music_cond[b] / pipe.model.cfg.bridge_scale,
+                         x.req.duration, x.req.guidance_scale, x.req.seed)
+            for b, x in enumerate(live) if result.music_cond[b] is not None]
+
+
+def render_pending(pipe, pending: list[PendingMusic], max_rows: int) -> dict:
+    """Render the pending music answers, at most `max_rows` per decoder call, one call per
+    (duration, guidance) (both are settings of the whole render); each row's noise comes from its
+    request's seed and the codec decodes row by row, so a row's samples are what it gets alone.
+    Returns {key: UserError} for the answers that failed; a failure in a batched call is found
+    by rendering its rows alone, so it does not sink the others."""
+    failed: dict = {}
+    groups: dict[tuple, list[PendingMusic]] = {}
+    for m in pending:
+        groups.setdefault((m.duration, m.guidance), []).append(m)
+    for (duration, guidance), items in groups.items():
+        for start in range(0, len(items), max_rows):
+            chunk = items[start:start + max_rows]
+            conds = torch.stack([m.cond for m in chunk])                         # (B, N, C)
+            t1 = time.perf_counter()
             try:
-                wave = waves[j] if waves is not None else _render(pipe, conds[j:j + 1], duration, guidance,
-                                                                  seeds[j:j + 1])[0]
+                waves = _render(pipe, conds, duration, guidance, [m.seed for m in chunk])
             except UserError as e:
-                out[live[b].index] = e
-                continue
-            ans = answers[b]
-            ans.audio, ans.sample_rate = wave, pipe.decoder().sampling_rate
-            ans.timings["render_s"] = time.perf_counter() - t1
+                if len(chunk) == 1:
+                    failed[chunk[0].key] = e
+                    continue
+                waves = None                     # find out which request it was: render alone
+            for j, m in enumerate(chunk):
+                try:
+                    wave = waves[j] if waves is not None else _render(pipe, conds[j:j + 1], duration, guidance,
+                                                                      [m.seed])[0]
+                except UserError as e:
+                    failed[m.key] = e
+                    continue
+                m.answer.audio, m.answer.sample_rate = wave, pipe.decoder().sampling_rate
+                m.answer.timings["render_s"] = time.perf_counter() - t1
+                m.answer.timings["render_batch"] = len(chunk)
+    return failed
 
 
 def _render(pipe, conds: torch.Tensor, duration: float, guidance, seeds: list[int]):
@@ -160,7 +193,9 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
     and call emit(id, request, Answer | UserError) in input order.
 
     Requests are regrouped within windows of `settings.window`; a window's answers are emitted as
-    soon as all before them are, so a kill loses at most one window of unwritten work.
+    soon as all before them are, so a kill loses at most one window of unwritten work. Music
+    answers wait for the window's last batch: their audio renders then, `batch_size` rows per
+    decoder call, whichever batch their text came from.
     """
     from .request_schema import check_against
 
@@ -181,13 +216,24 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
                 continue
             items.append((pos, req, n))
         done = 0
-        for batch in [[]] + make_batches(items, settings.batch_size):
+        music: list[PendingMusic] = []             # batch > 1: the window's music, rendered together
+        batches = make_batches(items, settings.batch_size)
+        for i, batch in enumerate([[]] + batches):
             if batch:
                 reqs = [window[p][1] for p in batch]
-                answers = _answer_alone(get_pipe(), reqs[0], settings.decode_step) if settings.batch_size == 1 \
-                    else answer_group(get_pipe(), reqs, settings.decode_step)
+                if settings.batch_size == 1:
+                    answers = _answer_alone(get_pipe(), reqs[0], settings.decode_step)
+                else:
+                    start = len(music)
+                    answers = answer_group(get_pipe(), reqs, settings.decode_step, music=music)
+                    for m in music[start:]:
+                        m.key = batch[m.key]                 # index in the batch -> window position
                 results.update(zip(batch, answers))
-            while done in results:                 # the longest answered prefix, in input order
+            if music and i == len(batches):        # the window's last batch: render its music
+                results.update(render_pending(get_pipe(), music, settings.batch_size))
+                music = []
+            held = {m.key for m in music}
+            while done in results and done not in held:     # the longest finished prefix, in order
                 rid, req = window[done]
                 emit(rid, req, results.pop(done))
                 done += 1
