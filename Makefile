@@ -52,16 +52,17 @@ synth: setup
 # CLAP and BERTScore use tiny random models (llama.metrics.tiny_models).
 EVAL_MODELS := --bert-dir outputs/eval_models/bert --embed-model outputs/synth/trained_bundle/MERT \
 	--embed-kind audio --classifier outputs/synth/world_classifier --clap outputs/eval_models/clap --no-progress
+EVAL_N := --n-qa 20 --n-music 40
 synth-eval: setup
 	$(PY) -m llama.metrics.tiny_models outputs/eval_models
 	$(PY) -m DataSet.synth.standins_classifier outputs/synth/world_classifier --world outputs/synth/world
 	$(PY) -m llama.tiny outputs/synth/random_bundle --force
-	$(PY) evaluate.py synth-requests --world outputs/synth/world/heldout --out outputs/synth/eval_req
+	$(PY) evaluate.py synth-requests --world outputs/synth/world/heldout --out outputs/synth/eval_req $(EVAL_N)
 	for m in trained random; do \
 	  rm -f outputs/synth/eval_$$m/results.jsonl && \
 	  $(PY) inference.py --ckpt-dir outputs/synth/$${m}_bundle --input outputs/synth/eval_req/requests.jsonl \
-	    --output-dir outputs/synth/eval_$$m && \
-	  $(PY) evaluate.py synth --world outputs/synth/world/heldout --results outputs/synth/eval_$$m $(EVAL_MODELS) \
+	    --output-dir outputs/synth/eval_$$m --batch-size 8 && \
+	  $(PY) evaluate.py synth --world outputs/synth/world/heldout --results outputs/synth/eval_$$m $(EVAL_MODELS) $(EVAL_N) \
 	    || exit 1; \
 	done
 	$(PY) evaluate.py compare trained=outputs/synth/eval_trained/eval_synth.json \
