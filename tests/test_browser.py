@@ -1,6 +1,10 @@
 """The chat app in a real browser: Debian's chromium, headless, driven by Selenium through the system
 chromedriver (nothing downloaded). Upload a music file, ask, see the answer; ask for music, see the
-audio player. Saves a screenshot (MUMU_SCREENSHOT=path to keep it). Skips, saying why, without chromium/chromedriver/selenium."""
+audio player. Saves a screenshot (MUMU_SCREENSHOT=path to keep it). Skips, saying why, without chromium/chromedriver/selenium.
+
+The README's picture: MUMU_SCREENSHOT=docs/screenshot.png MUMU_BROWSER_CKPT=ckpts/tiny MUMU_BROWSER_AUDIO=<a
+held-out world clip> (the trained default answering about a clip it never saw); by default the
+random tiny bundle and an example melody."""
 import os
 import shutil
 import socket
@@ -25,7 +29,8 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 
 @pytest.fixture(scope="module")
 def app(tiny_bundle, tmp_path_factory):
-    pipe = gradio_app.load_pipeline(gradio_app.parse_args(["--ckpt-dir", str(tiny_bundle)]))
+    ckpt = os.environ.get("MUMU_BROWSER_CKPT") or str(tiny_bundle)
+    pipe = gradio_app.load_pipeline(gradio_app.parse_args(["--ckpt-dir", ckpt]))
     cfg = gradio_app.AppConfig(workdir=tmp_path_factory.mktemp("browser_app"))
     demo = gradio_app.build_demo(pipe, cfg)
     with socket.socket() as s:
@@ -98,19 +103,20 @@ def test_upload_ask_and_get_music(app, browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     write_examples(tmp_path)
+    clip = Path(os.environ.get("MUMU_BROWSER_AUDIO") or tmp_path / "melody.wav")
     browser.get(app)
     upload = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#audio_in input[type=file]"), what="the page")
     for slider, value in (("max_new", "8"), ("duration", "1")):      # short answers keep the test fast
         box = browser.find_element(By.CSS_SELECTOR, f"#{slider} input[type=number]")
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(value, Keys.TAB)
-    upload[0].send_keys(str(tmp_path / "melody.wav"))
-    _wait(lambda: "melody" in browser.find_element(By.CSS_SELECTOR, "#audio_in").text, what="the upload")
-    _send(browser, "Describe this music.")
+    upload[0].send_keys(str(clip.resolve()))
+    _wait(lambda: clip.stem in browser.find_element(By.CSS_SELECTOR, "#audio_in").text, what="the upload")
+    _send(browser, os.environ.get("MUMU_BROWSER_QUESTION") or "Describe this music.")
     first = _wait(lambda: [m for m in _bot_messages(browser) if m.strip() not in ("…", "")], what="the answer")
     assert not first[-1].startswith("Error"), first
     _settled(browser)
-    assert "melody.wav" in browser.find_element(By.CSS_SELECTOR, "#chat").text
+    assert clip.name in browser.find_element(By.CSS_SELECTOR, "#chat").text
 
     browser.find_element(By.CSS_SELECTOR, "#make_music input[type=checkbox]").click()
     _send(browser, "Write a calm piano piece.")
