@@ -91,9 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen_speed.add_argument("--compile", action="store_true",
                            help="compiled one-token decode step over a preallocated KV cache (torch.compile); "
                                 "same tokens, first request pays the compile time")
-    gen_speed.add_argument("--weight-layout", choices=["auto", "columns", "rows"], default="auto",
-                           help="fp32 CPU weight layout of the LLM: columns (fastest at batch 1), rows "
-                                "(fastest at batch 4-16); auto picks by --batch-size")
+    gen_speed.add_argument("--weight-layout", choices=["columns", "rows"], default="columns",
+                           help="fp32 CPU weight layout of the LLM: columns (fastest at batch 1, and at every "
+                                "batch size on some CPUs) or rows (faster at batch 4-8 on others: measure with "
+                                "benchmarks/batch_inference.py --layout)")
     gen = p.add_argument_group("generation (also the defaults of batch requests)")
     gen.add_argument("--music", action="store_true", help="always produce music (append [AUD0..7])")
     gen.add_argument("--duration", type=_option("duration"), default=5.0, help="seconds of music")
@@ -156,10 +157,9 @@ def load_pipeline(args):
     if args.music_decoder_path is not None:
         setattr(paths, paths.music_decoder, args.music_decoder_path)
     _check_tokenizer(paths.llama_dir / "tokenizer.model")
-    from llama.batch_runner import layout_for
-    layout = layout_for(getattr(args, "batch_size", 1), getattr(args, "weight_layout", "auto"))
     return MuMuPipeline.load(paths, device=args.device, dtype=getattr(torch, args.dtype),
-                             trust_remote_code=args.trust_remote_code, layout=layout)
+                             trust_remote_code=args.trust_remote_code,
+                             layout=getattr(args, "weight_layout", "columns"))
 
 
 def _check_device(name: str) -> None:

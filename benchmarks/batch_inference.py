@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import decode as decode_bench  # noqa: E402
 
 import inference  # noqa: E402
-from llama.batch_runner import layout_for  # noqa: E402
 from llama.compiled_decode import CompiledDecode  # noqa: E402
 
 NO_EOS = -1
@@ -51,7 +50,7 @@ def tiny_requests(media: Path, n: int) -> list[dict]:
             for i in range(n)]
 
 
-def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
+def bench_cli(sizes: list[int], n: int, work: Path, layout: str = "columns") -> dict:
     from llama.examples import write_examples
     from llama.tiny import ensure_tiny_bundle
     bundle = ROOT / "ckpts" / "tiny"
@@ -63,26 +62,26 @@ def bench_cli(sizes: list[int], n: int, work: Path) -> dict:
     real_load, pipes = inference.load_pipeline, {}
 
     def load(args):                                # one pipeline per weight layout, loaded once
-        layout = layout_for(args.batch_size, args.weight_layout)
+        layout = args.weight_layout
         if layout not in pipes:
             pipes[layout] = real_load(args)
         return pipes[layout]
 
     inference.load_pipeline = load
-    warm = list({layout_for(B): B for B in sizes}.values())
+    warm = [sizes[0]]
     rows, answers = {}, {}
     try:
-        for B in warm + sizes:                         # the first run per layout warms up (lazy encoders, decoder)
+        for B in warm + sizes:                         # the first run warms up (lazy encoders, decoder)
             out = work / f"out-{B}-{time.monotonic_ns()}"
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):           # the answers themselves
                 rc = inference.main(["--ckpt-dir", str(bundle), "--input", str(reqs), "--output-dir", str(out),
-                                     "--batch-size", str(B)])
+                                     "--batch-size", str(B), "--weight-layout", layout])
             seconds = time.perf_counter() - t0
             recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
             tokens = sum(r["timings"]["new_tokens"] for r in recs if r["error"] is None)
             rows[B] = {"rc": rc, "seconds": seconds, "requests_s": len(recs) / seconds, "tokens_s": tokens / seconds,
-                       "tokens": tokens, "layout": layout_for(B),
+                       "tokens": tokens, "layout": layout,
                        "stage_s": {k: round(sum(r["timings"].get(k, 0.0) for r in recs if r["error"] is None)
                                             / max(1, B), 3) for k in ("encode_s", "generate_s", "render_s")}}
             answers[B] = [(r["id"], r["answer"]) for r in recs]
@@ -100,13 +99,14 @@ def build(args, layout: str = "columns"):
 
 
 class Models:
-    """One model per weight layout, built on first use (same seed, same weights)."""
+    """One model per weight layout, built on first use (same seed, same weights): batch 1 on
+    columns (the default), larger batches on `--layout`."""
 
     def __init__(self, args):
         self.args, self.built = args, {}
 
     def for_batch(self, B: int):
-        layout = layout_for(B, self.args.layout)
+        layout = "columns" if B == 1 else self.args.layout
         if layout not in self.built:
             self.built[layout] = build(self.args, layout)
         return self.built[layout]
@@ -133,7 +133,7 @@ def bench_generate(models: Models, sizes: list[int], args) -> dict:
             best = min(best, time.perf_counter() - t0)
         tokens[B] = out.tokens
         rows[B] = {"seconds": best, "tokens_s": B * args.new / best, "requests_s": B / best,
-                   "layout": layout_for(B, args.layout)}
+                   "layout": "columns" if B == 1 else args.layout}
     model = models.for_batch(1)
     alone = [model.generate([p], {}, max_new_tokens=args.new, eos_id=NO_EOS).tokens[0]
              for p in mixed_prompts(max(sizes), args.prompt, vocab)]
@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--skip", nargs="*", default=[], choices=["cli", "generate", "floor"])
-    p.add_argument("--layout", choices=["auto", "columns", "rows"], default="auto",
-                   help="LLM weight layout per batch size (auto: as inference.py --weight-layout auto)")
+    p.add_argument("--layout", choices=["columns", "rows"], default="columns",
+                   help="LLM weight layout for batches > 1 (inference.py --weight-layout; batch 1 on columns)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
                        "loadavg_1m_start": os.getloadavg()[0]}, "args": vars(args) | {"json": str(args.json)}}
     if "cli" not in args.skip:
         with tempfile.TemporaryDirectory() as work:
-            res["cli_tiny"] = bench_cli(args.sizes, args.tiny_requests, Path(work))
+            res["cli_tiny"] = bench_cli(args.sizes, args.tiny_requests, Path(work), args.layout)
         report("batch CLI, tiny bundle", res["cli_tiny"]["by_batch"])
     models = Models(args)
     if "generate" not in args.skip:

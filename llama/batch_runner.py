@@ -19,18 +19,6 @@ from .request_schema import Request
 from .tokenizer import format_prompt
 
 
-ROWS_FROM_BATCH = 4        # --weight-layout auto: row-major weights from this batch size on
-
-
-def layout_for(batch_size: int, choice: str = "auto") -> str:
-    """The LLM's inference weight layout (`Transformer.merge_lora`): "auto" is "rows" for batches of
-    ROWS_FROM_BATCH or more (1.3-1.8x per decode step at B = 4-8) and "columns" below (B = 1 is
-    27-34 % slower on rows); measured in benchmarks/README.md."""
-    if choice != "auto":
-        return choice
-    return "rows" if batch_size >= ROWS_FROM_BATCH else "columns"
-
-
 @dataclass
 class BatchSettings:
     """How requests are grouped. `window` requests (in input order) are regrouped at a time, so

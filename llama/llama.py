@@ -90,11 +90,12 @@ class LoRALinear(nn.Module):
 # `unmerge_lora`) undoes the packing and forward falls back to one product per weight.
 # Measured in benchmarks/README.md.
 
-# Batch servers (`merge_lora(layout="rows")`): with 2-16 rows MKL's GEMM on the column-major
-# block is compute-bound (few-row kernels), while `W @ x^T` on a row-major block streams the
-# weight once: 1.3-1.8x per decode step at B = 4-8, 0.66-0.73x at B = 1 (benchmarks/README.md).
-# So the layout is chosen at load time by the batch size; the block is row-major, read with
-# `W @ x^T` for 2-16 rows (`FEW_ROWS`) when no gradient is needed, F.linear otherwise.
+# The other layout (`merge_lora(layout="rows")`, `--weight-layout rows`): row-major blocks, read
+# with `W @ x^T` for 2-16 rows (`FEW_ROWS`) when no gradient is needed. On one 2-core AMD VM,
+# MKL's few-row GEMM on the column-major blocks was compute-bound and rows made a batch-4-8 decode
+# step 1.3-1.8x faster (batch 1: 0.66-0.73x); on a 2-core Intel VM columns are faster at every
+# batch size. So columns is the default and rows an option to measure on one's own machine
+# (benchmarks/batch_inference.py --layout); numbers in benchmarks/README.md.
 LAYOUTS = ("columns", "rows")
 FEW_ROWS = (2, 16)
 
@@ -325,7 +326,7 @@ class Transformer(nn.Module):
             h = layer(h, rot, mask, cache, i, adapter_res[i])
         if cache is not None:
             cache.length = start + S
-        logits = product(self.norm(h[:, -1:] if logits_for == "last" else h), self.output.weight)
+        logits = self.output(self.norm(h[:, -1:] if logits_for == "last" else h))
         return logits, h
 
     @staticmethod
@@ -350,6 +351,9 @@ class Transformer(nn.Module):
             a, f = layer.attention, layer.feed_forward
             pack_([a.wq.weight, a.wk.weight, a.wv.weight], layout)
             pack_([f.w1.weight, f.w3.weight], layout)
+            if layout == "columns":
+                pack_([a.wo.weight], layout)
+                pack_([f.w2.weight], layout)
         pack_([self.output.weight], layout)
 
     def unmerge_lora(self) -> None:

@@ -30,8 +30,7 @@ def tiny_pipes(tiny_bundle):
 @pytest.fixture
 def cli(tiny_bundle, tiny_pipes, monkeypatch, capsys):
     def load(args):
-        from llama.batch_runner import layout_for
-        key = (args.music_decoder or "musicgen", layout_for(getattr(args, "batch_size", 1), args.weight_layout))
+        key = (args.music_decoder or "musicgen", args.weight_layout)
         if key not in tiny_pipes:
             tiny_pipes[key] = real_load(args)
         return tiny_pipes[key]
@@ -98,24 +97,22 @@ def test_batched_equals_one_by_one_on_twenty_mixed_requests(cli, media, tmp_path
         assert np.array_equal(wav_samples(tmp_path / "eight", name), wav_samples(tmp_path / "one", name)), name
     timings = [json.loads(line)["timings"] for line in (tmp_path / "eight" / "results.jsonl").read_text().splitlines()]
     assert max(t["batch_size"] for t in timings) > 1                         # they really were batched
-    # batch 8 runs on row-major weights (auto); the batch-1 layout gives the same answers
-    rc, _, _ = cli("--input", reqs, "--output-dir", tmp_path / "cols", "--batch-size", 8, "--weight-layout", "columns")
-    assert rc == 0 and results(tmp_path / "cols") == one
+    # the row-major weight layout (W @ x^T for a few rows) gives the same answers
+    rc, _, _ = cli("--input", reqs, "--output-dir", tmp_path / "rows", "--batch-size", 8, "--weight-layout", "rows")
+    assert rc == 0 and results(tmp_path / "rows") == one
 
 
 def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, tiny_pipes):
     """Music requests spread over batches render together after the window's last batch, at most
     batch-size rows per decoder call, and each WAV is still the one it gets alone. Here 3 batches
     of 4 (one per modality mix) hold 2 music requests each: 2 decoder calls, not 3."""
-    from llama.batch_runner import layout_for
-
     mixes = [{}, {"image": str(media / "image.png")}, {"audio": str(media / "melody.wav")}]
     reqs = [{"id": f"m{i}", "prompt": "Write a calm piano piece.", "max_new_tokens": 2, "seed": i,
              **mixes[i % 3], **({"music": True, "duration": 0.2} if i % 2 == 0 else {})} for i in range(12)]
     path = write_jsonl(tmp_path / "m.jsonl", reqs)
     assert cli("--input", path, "--output-dir", tmp_path / "one", "--batch-size", 1)[0] == 0
     assert cli("--input", path, "--output-dir", tmp_path / "warm", "--batch-size", 4)[0] == 0   # loads it
-    dec = tiny_pipes[("musicgen", layout_for(4))].decoder()
+    dec = tiny_pipes[("musicgen", "columns")].decoder()
     real, calls = dec.render_projected, []
 
     def spy(cond, *a, **k):
@@ -134,14 +131,6 @@ def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, ti
     assert results(tmp_path / "four") == results(tmp_path / "one")
     for r in music:
         assert np.array_equal(wav_samples(tmp_path / "four", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
-
-
-def test_weight_layout_follows_the_batch_size():
-    from llama.batch_runner import ROWS_FROM_BATCH, layout_for
-
-    assert layout_for(1) == layout_for(ROWS_FROM_BATCH - 1) == "columns"
-    assert layout_for(ROWS_FROM_BATCH) == layout_for(16) == "rows"
-    assert layout_for(16, "columns") == "columns" and layout_for(1, "rows") == "rows"
 
 
 def test_one_corrupt_file_among_eight_fails_alone(cli, media, tmp_path):

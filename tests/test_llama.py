@@ -126,9 +126,10 @@ def test_packed_inference_layout_keeps_values_and_undoes_cleanly():
         torch.testing.assert_close(v, originals[k], rtol=1e-5, atol=1e-6)
 
 
-def test_row_layout_for_batch_servers_keeps_values_and_reads_blocks():
+def test_row_layout_keeps_values_and_reads_blocks():
     """merge_lora(layout="rows"): row-major blocks that packed_block finds, products of 2-16 rows
-    through `W @ x^T`, and the same logits and greedy steps as the column layout."""
+    through `W @ x^T`, and the same logits and cached steps as the column layout (which also
+    packs wo and w2 column-major)."""
     from llama.llama import FEW_ROWS, packed_block, product
 
     cfg = small_cfg()
@@ -142,6 +143,7 @@ def test_row_layout_for_batch_servers_keeps_values_and_reads_blocks():
         block = packed_block((a.wq, a.wk, a.wv))
         assert block is not None and block.shape == (3 * cfg.dim, cfg.dim)
         assert block.is_contiguous() == (layout == "rows")
+        assert a.wo.weight.is_contiguous() == model.layers[0].feed_forward.w2.weight.is_contiguous() == (layout == "rows")
         res = model.adapter_residuals(prefixes)
         with torch.no_grad():
             full, _ = model(tokens, res)
