@@ -1,8 +1,9 @@
 """Does a MusicGen folder make the world's music? Measures that know nothing of how it was trained.
 
 On held-out world pieces:
-(a) codec round trip: frame-wise chroma correlation and log-mel L1 between a clip and EnCodec's
-    encode -> decode of it;
+(a) codec round trip: frame-wise chroma correlation, pitch-class-profile correlation and log-mel
+    L1 between a clip and EnCodec's encode -> decode of it, and (b)'s classifiers' accuracy on the
+    decoded clips (instrument, tempo, key/mode: the ceiling for any LM on these codes);
 (b) caption -> music: the key/mode of the generated audio by Krumhansl-Kessler profile matching of
     its librosa chroma, its tempo class and instrument by classifiers fit on the world's REAL train
     clips (onset autocorrelation; MFCC statistics) and applied to generated audio; accuracy against
@@ -179,9 +180,12 @@ def evaluate(folder, clips, ref: Reference, seed: int = 0, duration: float = 4.0
         return codec.decode(codes, [None])[0][:, 0, :x.shape[-1]].numpy()          # (B, T)
 
     rt = _batched(round_trip, n, batch)
+    heard = accuracy(ref.read(rt), pieces)["accuracy"]        # the most any LM on these codes can score
     out = {"n_pieces": n, "round_trip": {
         "chroma_corr": round(float(np.mean([chroma_corr(a, b) for a, b in zip(waves, rt)])), 4),
-        "log_mel_l1": round(float(np.mean([log_mel_l1(a, b) for a, b in zip(waves, rt)])), 4)}}
+        "profile_corr": round(float(np.mean([profile_corr(a, b) for a, b in zip(waves, rt)])), 4),
+        "log_mel_l1": round(float(np.mean([log_mel_l1(a, b) for a, b in zip(waves, rt)])), 4),
+        **{k: heard[k] for k in ("instrument", "tempo", "key_mode")}}}
     gen = _batched(lambda r: dec.render_text(caps[r], duration, guidance_scale=guidance_scale, seed=seed),
                    n, batch)                                                       # (N, T)
     out["caption_to_music"] = accuracy(ref.read(gen), pieces)
