@@ -6,7 +6,9 @@ distributions carry no signal, so the KL says nothing. This trains the same tiny
 `write_ast`, so the config and feature extractor are the ones the metric code already loads) with
 labels = `world.INSTRUMENTS` on the world's train clips, so that KL measures whether generated
 music sounds like the instrument of its reference. Crops are as long as the metric's windows
-(the feature extractor's max_length, 10 ms frames). Same seed -> same weight bytes.
+(the feature extractor's max_length, 10 ms frames); each crop also appears degraded (noise,
+low-pass: `augment.py`), so that the classifier hears the instrument through a decoder's noise.
+Same seed -> same weight bytes.
 
     python -m DataSet.synth.standins_classifier OUT_DIR --world WORLD_DIR [--seed 0] [--steps N]
 """
@@ -25,6 +27,7 @@ import torch
 from . import world as W
 from llama.metrics.audio import even_windows
 
+from .augment import with_degraded, with_noise
 from .standins_decoder import world_pieces
 
 
@@ -67,6 +70,8 @@ def train_world_classifier(out_dir, world_dir, seed: int = 0, steps: int = 300, 
         g = torch.Generator().manual_seed(seed)
         waves, labels = _clips(Path(world_dir) / "train", rate)
         crops, owner = _crops(waves, window, per_clip, g)
+        crops, owner = with_degraded(crops, list(owner), rate, seed=seed)
+        owner = np.array(owner)
         x = fe(crops, sampling_rate=rate, return_tensors="pt")["input_values"]
         y = torch.as_tensor(labels[owner])
         log(f"classifier: {len(waves)} clips, {len(crops)} crops of <= {window} samples at {rate} Hz")
@@ -86,6 +91,7 @@ def train_world_classifier(out_dir, world_dir, seed: int = 0, steps: int = 300, 
                 log(f"  step {step}: loss {np.mean(losses[-50:]):.3f}")
         model.eval()
         acc = _heldout_accuracy(model, fe, Path(world_dir) / "heldout", rate, window)
+        noisy = _heldout_accuracy(model, fe, Path(world_dir) / "heldout", rate, window, snr_db=30.0)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
@@ -94,17 +100,21 @@ def train_world_classifier(out_dir, world_dir, seed: int = 0, steps: int = 300, 
         torch.set_num_threads(threads)
     report = {"out_dir": str(out_dir), "seed": seed, "steps": steps, "train_clips": len(waves),
               "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-20:])) if losses else None,
-              "heldout_accuracy": acc, "chance": 1 / len(W.INSTRUMENTS), "seconds": round(time.time() - t0, 1)}
-    log(f"classifier: held-out accuracy {acc}, {report['seconds']} s")
+              "heldout_accuracy": acc, "heldout_accuracy_noise_30db": noisy, "chance": 1 / len(W.INSTRUMENTS), "seconds": round(time.time() - t0, 1)}
+    log(f"classifier: held-out accuracy {acc} ({noisy} with noise 30 dB under the music), {report['seconds']} s")
     return report
 
 
 @torch.no_grad()
-def _heldout_accuracy(model, fe, split_dir: Path, rate: int, window: int) -> float | None:
-    """Clip accuracy with the metric's windows, softmax averaged per clip; None without a split."""
+def _heldout_accuracy(model, fe, split_dir: Path, rate: int, window: int,
+                      snr_db: float | None = None) -> float | None:
+    """Clip accuracy with the metric's windows, softmax averaged per clip (with white noise at
+    `snr_db` when given); None without a split."""
     if not (split_dir / "world.json").is_file():
         return None
     waves, labels = _clips(split_dir, rate)
+    if snr_db is not None:
+        waves = with_noise(waves, rate, snr_db)
     right = 0
     for w, lab in zip(waves, labels):
         x = fe(even_windows(w, window), sampling_rate=rate, return_tensors="pt")["input_values"]
