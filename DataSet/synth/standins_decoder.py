@@ -44,7 +44,7 @@ class DecoderSettings:
     layers: int = 3
     heads: int = 4
     ffn: int = 256
-    lm_steps: int = 600
+    lm_steps: int = 1500               # with the pitch-true codec 600 were too few (caption -> instrument 0.3)
     lm_batch: int = 16
     lm_lr: float = 3e-3
     lm_frames: int = 150               # teacher-forced window (3 s at 50 frames/s), random offset
@@ -65,20 +65,21 @@ class Clips:
         return cls(waves, [[W.describe(p, v) for v in range(W.CAPTION_VARIANTS)] for p in pieces], list(pieces))
 
 
-def world_pieces(split_dir: Path) -> tuple[list, list]:
-    """(names, Pieces) of a world split's originals (not the `_edit` targets), from world.json."""
+def world_pieces(split_dir: Path, with_edits: bool = False) -> tuple[list, list]:
+    """(names, Pieces) of a world split's originals (and the `_edit` targets, which are clips of
+    their own, with `with_edits`), from world.json."""
     meta = json.loads((Path(split_dir) / "world.json").read_text())["pieces"]
-    names = [k for k in meta if not k.endswith("_edit")]
+    names = [k for k in meta if with_edits or not k.endswith("_edit")]
     keys = {f.name for f in dataclasses.fields(W.Piece)}
     return names, [W.Piece(**{k: v for k, v in meta[n].items() if k in keys}) for n in names]
 
 
-def world_clips(split_dir: Path, limit: int | None = None) -> Clips:
+def world_clips(split_dir: Path, limit: int | None = None, with_edits: bool = False) -> Clips:
     """A world split's audio as written (audio/NAME.wav, 24 kHz) resampled to 32 kHz, with its
-    pieces' captions in every phrasing."""
+    pieces' captions in every phrasing (edit targets too with `with_edits`)."""
     import soundfile as sf
 
-    names, pieces = world_pieces(split_dir)
+    names, pieces = world_pieces(split_dir, with_edits)
     names, pieces = names[:limit], pieces[:limit]
     waves = np.stack([sf.read(Path(split_dir) / "audio" / f"{n}.wav", dtype="float32")[0] for n in names])
     caps = [[W.describe(p, v) for v in range(W.CAPTION_VARIANTS)] for p in pieces]
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     say = lambda msg: print(msg, flush=True)  # noqa: E731
     folder = args.bundle_dir / LAYOUT["musicgen"]
-    train = world_clips(args.world / "train")
+    train = world_clips(args.world / "train", with_edits=True)       # 2 x the clips: LMs overfit 400
     heldout = world_clips(args.world / "heldout", args.eval_pieces)
     settings = DecoderSettings(codec=CodecSettings(steps=args.codec_steps), lm_steps=args.lm_steps)
     report: dict = {}

@@ -44,6 +44,10 @@ class MelodySettings:
     lr: float = 3e-3
     null_rate: float = 0.15            # captions replaced by the zero null condition (CFG)
     melody_drop: float = 0.25          # chromas replaced by the null melody (text-only generation)
+    # init of the chroma projection. HF's 0.02 (600 steps, 400 clips): held-out loss with / without
+    # the melody 1.786 / 1.789, edits' profile correlation to the source 0.26 (0.15 without);
+    # 1.0 (1500 steps): 1.858 / 1.897 and 0.56 (0.17): the model learns to read the chroma
+    chroma_init_std: float = 1.0
 
     @classmethod
     def like(cls, s: DecoderSettings) -> "MelodySettings":
@@ -70,6 +74,7 @@ def new_melody_model(plain, s: MelodySettings, chroma_length: int):
     model = MusicgenMelodyForConditionalGeneration(config)
     model.text_encoder.load_state_dict(plain.text_encoder.state_dict())
     model.audio_encoder.load_state_dict(plain.audio_encoder.state_dict())
+    torch.nn.init.normal_(model.audio_enc_to_dec_proj.weight, std=s.chroma_init_std)
     model.generation_config = plain.generation_config
     return model
 
