@@ -50,6 +50,11 @@ class CodecSettings:
     corr_weight: float = 1.0              # x (1 - cosine of decoded and true crop): phase-true, level-blind;
                                           # pitch (key/mode 0.48 -> 0.83 with 1800 steps) but tempo
                                           # 0.9 -> 0.73: onsets come out smeared
+    preemph_weight: float = 1.0           # x the spectral loss (no chroma) on pre-emphasised audio
+                                          # (y[t] - 0.95 y[t-1]): the upper harmonics that tell a
+                                          # violin from a flute weigh as much as the fundamental.
+                                          # 0 -> 1 (noise-robust classifiers): round-trip instrument
+                                          # 0.65 -> 0.78, tempo 0.88 -> 0.85, key/mode 0.83 -> 0.75
 
     def codec_kwargs(self) -> dict:
         return dict(num_filters=self.num_filters, hidden_size=self.hidden_size,
@@ -192,6 +197,7 @@ def train_codec(codec, waves: torch.Tensor, s: CodecSettings, gen: torch.Generat
 
     rvq = ResidualVQ(s.n_codebooks, s.codebook_size, s.hidden_size, s.commitment)
     spectral = SpectralLoss(s.fft_sizes, s.chroma_weight)
+    highs = SpectralLoss(s.fft_sizes, 0.0)
     crop = int(s.crop_s * CODEC_RATE)
     params = [*codec.encoder.parameters(), *codec.decoder.parameters()]
     opt = torch.optim.AdamW([{"params": params}, {"params": [rvq.books], "lr": s.lr}], lr=s.lr,
@@ -217,6 +223,8 @@ def train_codec(codec, waves: torch.Tensor, s: CodecSettings, gen: torch.Generat
         y = codec.decoder(z)[:, 0, :crop]                               # (B, T)
         loss = spectral(y, x) + vq_loss
         loss = loss + s.wave_weight * (y - x).abs().mean()
+        if s.preemph_weight:
+            loss = loss + s.preemph_weight * highs(y[:, 1:] - 0.95 * y[:, :-1], x[:, 1:] - 0.95 * x[:, :-1])
         if s.corr_weight:
             cos = (y * x).sum(1) / (y.norm(dim=1) * x.norm(dim=1) + 1e-6)          # (B,)
             loss = loss + s.corr_weight * (1 - cos).mean()
