@@ -127,3 +127,18 @@ def test_training_learns_to_read_the_chroma(plain):
         null[..., 0] = 1
         unseen = M.melody_loss(model, codes, hidden, tok["attention_mask"], null)
     assert seen < 0.5 * unseen, (seen, unseen)
+
+
+def test_same_notes_pairs_and_cross_training(plain, tmp_path):
+    import dataclasses
+
+    base = _pieces(3, seconds=1.0)
+    other = [dataclasses.replace(base[0], instrument=next(i for i in W.INSTRUMENTS if i != base[0].instrument)),
+             dataclasses.replace(base[1], drums=not base[1].drums),
+             dataclasses.replace(base[2], tempo=next(t for t in W.TEMPI if t != base[2].tempo))]   # other timing
+    pieces = base + other
+    pairs = M.same_notes(pieces)
+    assert sorted(pairs) == [(0, 3), (1, 4), (3, 0), (4, 1)]
+    clips = D.Clips.from_pieces(pieces)
+    report = M.pretrain_melody(plain, tmp_path / M.FOLDER, clips, MELODY, seed=0, log=None, pairs=pairs)
+    assert report["cross_pairs"] == 4 and report["lm_loss"]["last"] < report["lm_loss"]["first"]

@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         say("MusicGen-Melody stand-in on the same codec")
         msettings = dataclasses.replace(M.MelodySettings.like(settings), steps=args.melody_steps)
         report["melody"] = {"pretrain": M.pretrain_melody(folder, args.bundle_dir / M.FOLDER, train, msettings,
-                                                          args.seed, log=say, eval_clips=heldout)}
+                                                          args.seed, log=say, eval_clips=heldout,
+                                                          pairs=M.same_notes(train.pieces))}
         if not args.no_eval:
             say("measuring the melody decoder on held-out edits")
             report["melody"]["edits"] = M.evaluate_edits(args.bundle_dir / M.FOLDER, args.world / "heldout", ref,
