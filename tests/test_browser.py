@@ -3,7 +3,7 @@ chromedriver (nothing downloaded). Upload a music file, ask, see the answer; ask
 audio player. Saves a screenshot (MUMU_SCREENSHOT=path to keep it). Skips, saying why, without chromium/chromedriver/selenium.
 
 The README's picture: MUMU_SCREENSHOT=docs/screenshot.png MUMU_BROWSER_CKPT=ckpts/tiny MUMU_BROWSER_AUDIO=<a
-held-out world clip> (the trained default answering about a clip it never saw); by default the
+held-out world clip> MUMU_BROWSER_QUESTION="What instrument is playing?" MUMU_BROWSER_MAX_NEW=48 (the trained default answering about a clip it never saw); by default the
 random tiny bundle and an example melody."""
 import os
 import shutil
@@ -106,7 +106,8 @@ def test_upload_ask_and_get_music(app, browser, tmp_path):
     clip = Path(os.environ.get("MUMU_BROWSER_AUDIO") or tmp_path / "melody.wav")
     browser.get(app)
     upload = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#audio_in input[type=file]"), what="the page")
-    for slider, value in (("max_new", "8"), ("duration", "1")):      # short answers keep the test fast
+    max_new = os.environ.get("MUMU_BROWSER_MAX_NEW") or "8"          # short answers keep the test fast
+    for slider, value in (("max_new", max_new), ("duration", "1")):
         box = browser.find_element(By.CSS_SELECTOR, f"#{slider} input[type=number]")
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(value, Keys.TAB)
