@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen_speed.add_argument("--compile", action="store_true",
                            help="compiled one-token decode step over a preallocated KV cache (torch.compile); "
                                 "same tokens, first request pays the compile time")
-    gen_speed.add_argument("--weight-layout", choices=["columns", "rows"], default="columns",
+    gen_speed.add_argument("--weight-layout", choices=["columns", "rows", "onednn"], default="columns",
                            help="fp32 CPU weight layout of the LLM: columns (fastest at batch 1, and at every "
                                 "batch size on some CPUs) or rows (faster at batch 4-8 on others: measure with "
                                 "benchmarks/batch_inference.py --layout)")

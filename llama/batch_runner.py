@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .batch_features import batch_features
 from .errors import UserError
 from .mumu_llama import MODALITIES
 from .pipeline import Answer, check_answer_settings
@@ -84,23 +85,28 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
     index in the returned list) for `render_pending` instead of being rendered here, so that the
     decoder renders music from several batches in one call.
 
-    Equality with one-at-a-time: features and adapters run per request (bit-identical); the
-    sampled token of row b comes from a generator seeded by that request alone; the decoder
-    draws each row's noise from the request's own seed. What remains is fp32 rounding: the LLM
-    and decoder matrix products of B rows use other kernels than those of one row (MKL picks
-    them by size), about 1e-7 relative, which greedy argmax does not feel.
+    Equality with one-at-a-time: the sampled token of row b comes from a generator seeded by that
+    request alone; the decoder draws each row's noise from the request's own seed. What remains
+    is fp32 rounding: the encoders (`batch_features`), the LLM and the decoder multiply B rows
+    with other kernels than one row (MKL picks them by size), about 1e-7 relative, which greedy
+    argmax has not felt in our tests.
     """
     out: list[Answer | UserError | None] = [None] * len(reqs)
     live: list[_Live] = []
+    checked = []
     for i, req in enumerate(reqs):
         try:
             check_answer_settings(req.prompt, req.music, req.duration)
-            t0 = time.perf_counter()
-            feats = pipe.features(**req.media())            # each (1, ...): this request alone
-            ids = pipe.tokenizer.encode(format_prompt(req.prompt), bos=True)
-            live.append(_Live(i, req, ids, {k: v[0] for k, v in feats.items()}, time.perf_counter() - t0))
+            checked.append(i)
         except UserError as e:
             out[i] = e
+    feats, seconds = batch_features(pipe, [reqs[i].media() for i in checked])   # each (1, ...)
+    for i, f, s in zip(checked, feats, seconds):
+        if isinstance(f, UserError):
+            out[i] = f
+            continue
+        ids = pipe.tokenizer.encode(format_prompt(reqs[i].prompt), bos=True)
+        live.append(_Live(i, reqs[i], ids, {k: v[0] for k, v in f.items()}, s))
     if live:
         settings = {(x.req.temperature, x.req.top_p) for x in live}
         if len(settings) > 1:

@@ -220,6 +220,21 @@ class MusicEncoder(FrozenEncoder):
             out.append(torch.stack(hidden)[:, 0])  # (L+1, frames, width)
         return torch.cat(out, dim=1)  # (L+1, total frames, width)
 
+    @torch.no_grad()
+    def encode_batch(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """Clips of one length, each at most one window, in one pass -> what `encode` gives each,
+        up to fp32 rounding (no padding, so no mask: MERT's group norm and attention are per clip).
+        Anything else is encoded clip by clip."""
+        waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waves]
+        window = max(self.hop, int(self.window_seconds * self.sampling_rate) // self.hop * self.hop)
+        n = waves[0].size
+        if len(waves) == 1 or any(w.size != n for w in waves) or not self.min_samples <= n <= window:
+            return [self.encode(w) for w in waves]
+        x = self.processor(waves, sampling_rate=self.sampling_rate, return_tensors="pt").input_values
+        x = x.to(device=self.device, dtype=self.dtype)  # (B, samples)
+        hidden = torch.stack(self.model(x, output_hidden_states=True).hidden_states, 1)  # (B, L+1, frames, width)
+        return list(hidden)
+
 
 class ImageEncoder(FrozenEncoder):
     """ViT: the last hidden state (CLS + patch tokens) of RGB images."""

@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import prepacked
 from .config import LLaMAConfig
+from .weight_layout import FEW_ROWS, LAYOUTS, PACKINGS, pack_, packed_block, packed_linear, product  # noqa: F401
 
 
 class RMSNorm(nn.Module):
@@ -49,7 +51,8 @@ class LoRALinear(nn.Module):
         return self.lora_b(self.lora_a(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = product(x, self.weight, self.bias)
+        copy = prepacked.usable((self,), x)
+        y = copy(x) if copy is not None else product(x, self.weight, self.bias)
         if self.lora_a is not None and not self.merged:
             y = y + self.lora(x)
         return y
@@ -77,84 +80,6 @@ class LoRALinear(nn.Module):
     def lora_pending(self) -> bool:
         """True when forward must still add the LoRA term (not folded into the weight)."""
         return self.lora_a is not None and not self.merged
-
-
-# ---------------------------------------------------------------- inference weight layout
-# A batch-1 decode step is one matrix-vector product per weight, bound by memory bandwidth.
-# On CPU, MKL streams long contiguous runs at close to that bandwidth, but row-major matrices
-# with short rows (in = 512 in a 512-wide model) at about half of it, and each product has a
-# fixed cost. So for inference (`Transformer.merge_lora`) the weights that share an input
-# (wq|wk|wv, w1|w3) are stored as one column-major block, each weight a view of its rows, and
-# read with one product; the LM head is stored column-major too. Shapes, values, names and
-# state_dict keys do not change. A copy that does not keep the views (`.to(dtype)`,
-# `unmerge_lora`) undoes the packing and forward falls back to one product per weight.
-# Measured in benchmarks/README.md.
-
-# The other layout (`merge_lora(layout="rows")`, `--weight-layout rows`): row-major blocks, read
-# with `W @ x^T` for 2-16 rows (`FEW_ROWS`) when no gradient is needed. On one 2-core AMD VM,
-# MKL's few-row GEMM on the column-major blocks was compute-bound and rows made a batch-4-8 decode
-# step 1.3-1.8x faster (batch 1: 0.66-0.73x); on a 2-core Intel VM columns are faster at every
-# batch size. So columns is the default and rows an option to measure on one's own machine
-# (benchmarks/batch_inference.py --layout); numbers in benchmarks/README.md.
-LAYOUTS = ("columns", "rows")
-FEW_ROWS = (2, 16)
-
-
-@torch.no_grad()
-def pack_(weights: list[torch.Tensor], layout: str = "columns") -> None:
-    """Store (out_i, in) CPU weights as rows of one (sum out_i, in) block, in place: column-major
-    (batch-1 decoding) or row-major (batch servers)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
-    if weights[0].device.type != "cpu":
-        return
-    block = torch.cat([w.data for w in weights])                       # strides (in, 1)
-    if layout == "columns":
-        block = block.t().contiguous().t()                              # strides (1, sum out_i)
-    start = 0
-    for w in weights:
-        n = w.shape[0]
-        w.data = block[start:start + n]
-        start += n
-
-
-def packed_block(linears) -> torch.Tensor | None:
-    """The (sum out_i, in) block that `pack_` made of these weights, or None if it no longer
-    holds (a copy undid it) or a LoRA term is still pending."""
-    first = linears[0].weight
-    cols = first.stride() == (1, first.stride(1))
-    total = first.stride(1) if cols else sum(lin.weight.shape[0] for lin in linears)
-    width, offset = first.shape[1], 0
-    for lin in linears:
-        w = lin.weight
-        stride = (1, total) if cols else (width, 1)
-        step = offset if cols else offset * width
-        if lin.lora_pending or w.stride() != stride or w.data_ptr() != first.data_ptr() + step * w.element_size():
-            return None
-        offset += w.shape[0]
-    if offset != total:
-        return None
-    return first.as_strided((total, width), (1, total) if cols else (width, 1))
-
-
-def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, W, b), as `W @ x^T` for a few rows on a row-major CPU weight without autograd
-    (see above); exactly F.linear otherwise."""
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if (FEW_ROWS[0] <= rows <= FEW_ROWS[1] and weight.stride(-1) == 1 and x.device.type == "cpu"
-            and not torch.is_grad_enabled()):
-        y = (weight @ x.reshape(rows, x.shape[-1]).t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
-        return y if bias is None else y + bias
-    return F.linear(x, weight, bias)
-
-
-def packed_linear(x: torch.Tensor, linears) -> list[torch.Tensor] | None:
-    """[lin(x) for lin in linears] with one matrix product over their packed block, or None."""
-    block = packed_block(linears)
-    if block is None:
-        return None
-    outs = product(x, block).split([lin.weight.shape[0] for lin in linears], dim=-1)
-    return [y if lin.bias is None else y + lin.bias for y, lin in zip(outs, linears)]
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +251,9 @@ class Transformer(nn.Module):
             h = layer(h, rot, mask, cache, i, adapter_res[i])
         if cache is not None:
             cache.length = start + S
-        logits = self.output(self.norm(h[:, -1:] if logits_for == "last" else h))
+        last = self.norm(h[:, -1:] if logits_for == "last" else h)
+        head = prepacked.usable((self.output,), last)
+        logits = head(last) if head is not None else self.output(last)
         return logits, h
 
     @staticmethod
@@ -343,21 +270,33 @@ class Transformer(nn.Module):
 
     def merge_lora(self, layout: str = "columns") -> None:
         """Prepare for inference: fold LoRA into the base weights, then pack them for decoding
-        (see `pack_`; "rows" for batch servers). Training must call `unmerge_lora` first."""
+        (see `pack_`; "rows" or "onednn" for batch servers). Training must call `unmerge_lora` first."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
+        if layout == "onednn" and not prepacked.available():
+            raise ValueError("weight layout onednn: this torch build has no oneDNN (mkldnn)")
+        packing = "rows" if layout == "rows" else "columns"
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.merge()
+        for block in self._blocks():
+            if packing == "columns" or len(block) > 1:
+                pack_([m.weight for m in block], packing)
+            if layout == "onednn":
+                prepacked.attach(block)
+
+    def _blocks(self) -> list[tuple[nn.Module, ...]]:
+        """The weights a decode step reads, grouped by shared input."""
+        blocks = []
         for layer in self.layers:
             a, f = layer.attention, layer.feed_forward
-            pack_([a.wq.weight, a.wk.weight, a.wv.weight], layout)
-            pack_([f.w1.weight, f.w3.weight], layout)
-            if layout == "columns":
-                pack_([a.wo.weight], layout)
-                pack_([f.w2.weight], layout)
-        pack_([self.output.weight], layout)
+            blocks += [(a.wq, a.wk, a.wv), (f.w1, f.w3), (a.wo,), (f.w2,)]
+        return blocks + [(self.output,)]
 
     def unmerge_lora(self) -> None:
         """Undo `merge_lora`: LoRA back out of the weights, each weight contiguous again."""
+        for block in self._blocks():
+            prepacked.detach(block)
         for m in self.modules():
             if isinstance(m, LoRALinear):
                 m.unmerge()

@@ -100,6 +100,9 @@ def test_batched_equals_one_by_one_on_twenty_mixed_requests(cli, media, tmp_path
     # the row-major weight layout (W @ x^T for a few rows) gives the same answers
     rc, _, _ = cli("--input", reqs, "--output-dir", tmp_path / "rows", "--batch-size", 8, "--weight-layout", "rows")
     assert rc == 0 and results(tmp_path / "rows") == one
+    # and so does the oneDNN-prepacked copy (llama.prepacked) that batches of 2-16 rows read
+    rc, _, _ = cli("--input", reqs, "--output-dir", tmp_path / "onednn", "--batch-size", 8, "--weight-layout", "onednn")
+    assert rc == 0 and results(tmp_path / "onednn") == one
 
 
 def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, tiny_pipes):
