@@ -220,7 +220,7 @@ def bench_floor(model, args) -> dict:
         res["compiled_tok_s"], tokens = decode_rate(model, prompt, args.new, args.repeats, step)
         res["compiled_tokens_equal_eager"] = tokens == eager_tokens
         res["compiles"] = step.compiles
-        # what the compiled step reads more: the whole bucketed cache, not the mean context
+        # the cache the compiled step reads whole (its length is what the call needs, not a bucket)
         res["compiled_cache_len"] = step.cache_len(args.prompt + args.new + cfg.n_aud_tokens)
     bandwidth = max(decode_bench.matvec_bandwidth((cfg.ffn_dim, cfg.dim), args.bw_mb, 7, True),
                     decode_bench.matvec_bandwidth((cfg.ffn_dim, cfg.dim), args.bw_mb, 7),

@@ -4,12 +4,12 @@ Why: at batch 1 a decode step is a few dozen small kernels per layer; their fixe
 dispatch, and on a GPU kernel launches) keeps decoding from the memory-bandwidth floor.
 `torch.compile` fuses the elementwise work and removes the Python overhead, but only pays off if
 it compiles once: the eager step's shapes grow with the sequence (the cache is read up to the
-current length). Here the step has static shapes: the KV cache is preallocated to a bucketed
-maximum length (powers of two, so a few sizes cover every request), attention reads the whole
-cache with a mask that hides positions past the current one and left padding, and the position
-is a tensor, not a Python number. One compile per (batch size, cache bucket); `compiles` counts
-them. Prefill stays eager (it runs once per request). Greedy tokens equal the eager path's
-(tests/test_compiled_decode.py); logits agree to fp32 rounding (fused kernels round differently).
+current length). Here the KV cache is preallocated to the length the call needs and the cache
+length is a dynamic dimension of the compiled graph, so one compilation serves every length;
+attention reads the whole cache with a mask that hides positions past the current one and left
+padding, and the position is a tensor, not a Python number. One compile per batch size;
+`compiles` counts them. Prefill stays eager (it runs once per request). Greedy tokens equal the eager path's (tests/test_compiled_decode.py); logits agree to
+fp32 rounding (fused kernels round differently).
 """
 from __future__ import annotations
 
@@ -17,15 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from .llama import KVCache, Transformer, packed_block
-
-MIN_BUCKET = 256
-
-
-def cache_bucket(length: int, limit: int) -> int:
-    """The preallocated cache length for a sequence of `length`: the next power of two (at least
-    MIN_BUCKET), never past `limit` (the rope table)."""
-    return min(limit, max(MIN_BUCKET, 1 << (max(1, length) - 1).bit_length()))
-
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Meta's interleaved rotary embedding in real arithmetic (compilers handle complex poorly).
@@ -97,7 +88,8 @@ class CompiledDecode:
         self.llm = llm
         self.step = _Step(llm)
         self.compiles = 0
-        self._fn = torch.compile(self.step, backend=self._backend, fullgraph=True, dynamic=False) \
+        # dynamic=None: only the dimensions `bind` marks (the cache length) are symbolic
+        self._fn = torch.compile(self.step, backend=self._backend, fullgraph=True, dynamic=None) \
             if compile else self.step
 
     @classmethod
@@ -111,7 +103,8 @@ class CompiledDecode:
         return compile_fx(gm, example_inputs)
 
     def cache_len(self, needed: int) -> int:
-        return cache_bucket(needed, self.llm.rope_cos.shape[0])
+        """The cache generate preallocates: exactly what the call needs (the length is dynamic)."""
+        return needed
 
     def bind(self, llm: Transformer, adapter_res, cache: KVCache, key_mask: torch.Tensor | None):
         """The step for one generate call: cache preallocated by generate to `cache_len`;
@@ -123,6 +116,10 @@ class CompiledDecode:
         if key_mask is not None:
             valid[:, :key_mask.shape[1]] = key_mask
         res = list(adapter_res or [None] * len(llm.layers))
+        if self._fn is not self.step:                  # one graph for every cache length
+            for t in cache.keys + cache.values:
+                torch._dynamo.mark_dynamic(t, 2)
+            torch._dynamo.mark_dynamic(valid, 1)
 
         def step(tokens: torch.Tensor, position: int):
             pos = torch.tensor(position, device=valid.device)

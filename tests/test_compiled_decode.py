@@ -1,12 +1,12 @@
-"""--compile: the static-shape decode step gives the eager path's greedy tokens, and compiles once
-however long the sequence grows and whatever the prompt length (within a cache bucket)."""
+"""--compile: the compiled decode step gives the eager path's greedy tokens, and compiles once per
+batch size however long the sequence grows and whatever the prompt length."""
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from llama.compiled_decode import CompiledDecode, cache_bucket
+from llama.compiled_decode import CompiledDecode
 from llama.pipeline import BundlePaths, MuMuPipeline
 from llama.tokenizer import format_prompt
 
@@ -59,11 +59,6 @@ def test_compiled_step_matches_eager_and_compiles_once(pipe):
     assert step.compiles == 1
     assert run(pipe, ids, step).tokens == run(pipe, ids, None).tokens          # batch of 3: its own shape
     assert step.compiles == 2
-
-
-def test_cache_buckets():
-    assert cache_bucket(10, 4096) == 256 and cache_bucket(256, 4096) == 256
-    assert cache_bucket(257, 4096) == 512 and cache_bucket(5000, 4096) == 4096
 
 
 def test_compile_flag_gives_the_same_answer(tiny_bundle, capsys):
