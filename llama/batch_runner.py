@@ -76,6 +76,8 @@ class PendingMusic:
     duration: float
     guidance: float | None
     seed: int
+    source: str | None = None               # the request's audio: an edit renders alone from it
+    edit: dict = field(default_factory=dict)    # edit_mode, edit_strength
 
 
 def answer_group(pipe, reqs: list[Request], decode_step=None,
@@ -138,7 +140,7 @@ def _generate(pipe, live: list[_Live], out: list, decode_step) -> list[PendingMu
         answers.append(ans)
         out[x.index] = ans
     return [PendingMusic(x.index, answers[b], result.music_cond[b] / pipe.model.cfg.bridge_scale,
-                         x.req.duration, x.req.guidance_scale, x.req.seed)
+                         x.req.duration, x.req.guidance_scale, x.req.seed, x.req.audio, x.req.edit_kwargs())
             for b, x in enumerate(live) if result.music_cond[b] is not None]
 
 
@@ -151,7 +153,10 @@ def render_pending(pipe, pending: list[PendingMusic], max_rows: int) -> dict:
     failed: dict = {}
     groups: dict[tuple, list[PendingMusic]] = {}
     for m in pending:
-        groups.setdefault((m.duration, m.guidance), []).append(m)
+        if m.source is not None and m.edit["edit_mode"] != "none":
+            _render_edit(pipe, m, failed)            # conditioned on its own source: alone
+        else:
+            groups.setdefault((m.duration, m.guidance), []).append(m)
     for (duration, guidance), items in groups.items():
         for start in range(0, len(items), max_rows):
             chunk = items[start:start + max_rows]
@@ -175,6 +180,19 @@ def render_pending(pipe, pending: list[PendingMusic], max_rows: int) -> dict:
                 m.answer.timings["render_s"] = time.perf_counter() - t1
                 m.answer.timings["render_batch"] = len(chunk)
     return failed
+
+
+def _render_edit(pipe, m: PendingMusic, failed: dict) -> None:
+    """An edit, rendered exactly as `MuMuPipeline.answer` renders it for the request alone."""
+    t0 = time.perf_counter()
+    try:
+        m.answer.audio, m.answer.sample_rate = pipe.render_music(
+            m.cond, m.duration, m.seed, m.guidance, m.source, **m.edit)
+    except UserError as e:
+        failed[m.key] = e
+        return
+    m.answer.timings["render_s"] = time.perf_counter() - t0
+    m.answer.timings["render_batch"] = 1
 
 
 def _render(pipe, conds: torch.Tensor, duration: float, guidance, seeds: list[int]):
@@ -239,6 +257,6 @@ def _answer_alone(pipe, req: Request, decode_step) -> list:
     """--batch-size 1: `pipe.answer`, the one-request path, exactly as before batching existed."""
     step = {} if decode_step is None else {"decode_step": decode_step}
     try:
-        return [pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), **step)]
+        return [pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), **req.edit_kwargs(), **step)]
     except UserError as e:
         return [e]

@@ -254,16 +254,24 @@ class MuMuPipeline:
         out.timings = {"encode_s": t1 - t0, "generate_s": t2 - t1, "new_tokens": len(result.tokens[0])}
         cond = result.music_cond[0]
         if cond is not None:
-            kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-            from .long_music import render_music
-            decoder, mode = self.edit_decoder(edit_mode) if audio is not None else (self.decoder(), "none")
-            source = load_audio(audio, decoder.sampling_rate) if mode != "none" else None
-            out.audio = render_music(decoder, cond[None] / self.model.cfg.bridge_scale, duration, seed,
-                                     source=source, edit_mode=mode, progress=progress,
-                                     edit_strength=edit_strength, **kwargs)
-            out.sample_rate = decoder.sampling_rate
+            out.audio, out.sample_rate = self.render_music(
+                cond / self.model.cfg.bridge_scale, duration, seed, guidance_scale, audio, edit_mode,
+                edit_strength, progress)
             out.timings["render_s"] = time.perf_counter() - t2
         return out
+
+    def render_music(self, cond: torch.Tensor, duration: float, seed: int, guidance_scale=None, audio=None,
+                     edit_mode: str = "none", edit_strength: float = 0.6, progress=None) -> tuple:
+        """One answer's music from its projector output cond (N, C), already divided by the
+        bridge scale: (samples, sample rate). With an `audio` input, `edit_mode` says how the
+        source conditions it (`edit_decoder`). The batch job renders edits through this too."""
+        from .long_music import render_music
+        kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+        decoder, mode = self.edit_decoder(edit_mode) if audio is not None else (self.decoder(), "none")
+        source = load_audio(audio, decoder.sampling_rate) if mode != "none" else None
+        wave = render_music(decoder, cond[None], duration, seed, source=source, edit_mode=mode,
+                            progress=progress, edit_strength=edit_strength, **kwargs)
+        return wave, decoder.sampling_rate
 
     def answer_batch(self, requests: list, decode_step=None) -> list:
         """Requests (llama.request_schema.Request) sharing temperature and top_p, answered in one

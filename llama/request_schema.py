@@ -47,6 +47,15 @@ def max_duration_s() -> float:
     return MAX_DURATION_S
 
 
+EDIT_MODES = ("auto", "prompt", "melody", "init", "none")      # = llama.long_music.EDIT_MODES (a test pins it)
+
+
+def choice(name: str, value, allowed: tuple) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}, got {_shown(value)}")
+    return value
+
+
 CHECKS = {
     "duration": lambda v: number("duration", v, 0, max_duration_s(), lo_open=True),
     "max_new_tokens": lambda v: number("max_new_tokens", v, 0, MAX_NEW_TOKENS, integer=True),
@@ -54,6 +63,8 @@ CHECKS = {
     "top_p": lambda v: number("top_p", v, 0, 1, lo_open=True),
     "seed": lambda v: number("seed", v, 0, MAX_SEED, integer=True),
     "guidance_scale": lambda v: None if v is None else number("guidance_scale", v, 0, 100),
+    "edit_mode": lambda v: choice("edit_mode", v, EDIT_MODES),
+    "edit_strength": lambda v: number("edit_strength", v, 0, 1),
 }
 
 
@@ -103,6 +114,8 @@ class Request:
     top_p: float = 0.9
     seed: int = 0
     guidance_scale: float | None = None
+    edit_mode: str = "auto"             # music with an audio input: how the source conditions it
+    edit_strength: float = 0.6          # edit_mode init (AudioLDM2): 0 the source .. 1 from scratch
 
     def media(self) -> dict:
         return {k: getattr(self, k) for k in MEDIA_KEYS}
@@ -111,6 +124,9 @@ class Request:
         return dict(music=self.music, duration=self.duration, max_new_tokens=self.max_new_tokens,
                     temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                     guidance_scale=self.guidance_scale)
+
+    def edit_kwargs(self) -> dict:
+        return dict(edit_mode=self.edit_mode, edit_strength=self.edit_strength)
 
 
 FIELDS = tuple(f.name for f in fields(Request))

@@ -108,8 +108,9 @@ def test_batched_equals_one_by_one_on_twenty_mixed_requests(cli, media, tmp_path
 def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, tiny_pipes):
     """Music requests spread over batches render together after the window's last batch, at most
     batch-size rows per decoder call, and each WAV is still the one it gets alone. Here 3 batches
-    of 4 (one per modality mix) hold 2 music requests each: 2 decoder calls, not 3."""
-    mixes = [{}, {"image": str(media / "image.png")}, {"audio": str(media / "melody.wav")}]
+    of 4 (one per modality mix) hold 2 music requests each: 2 decoder calls, not 3. (The audio
+    requests are not edits here: edits render alone, see the next test.)"""
+    mixes = [{}, {"image": str(media / "image.png")}, {"audio": str(media / "melody.wav"), "edit_mode": "none"}]
     reqs = [{"id": f"m{i}", "prompt": "Write a calm piano piece.", "max_new_tokens": 2, "seed": i,
              **mixes[i % 3], **({"music": True, "duration": 0.2} if i % 2 == 0 else {})} for i in range(12)]
     path = write_jsonl(tmp_path / "m.jsonl", reqs)
@@ -134,6 +135,37 @@ def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, ti
     assert results(tmp_path / "four") == results(tmp_path / "one")
     for r in music:
         assert np.array_equal(wav_samples(tmp_path / "four", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
+
+
+def test_edits_in_a_batch_follow_their_source_as_alone(cli, media, tmp_path, tiny_pipes):
+    """Music asked with an audio input is an edit (--edit-mode, or "edit_mode" per request): in a
+    batch it renders from its own source exactly as alone (`auto`: MusicGen continues the source
+    here, the random bundle has no MusicGen-Melody); `none` ignores the source. An edit mode the
+    decoder cannot do fails only its request."""
+    src = str(media / "melody.wav")
+    reqs = [{"id": f"e{i}", "prompt": "Play it on the flute instead.", "audio": src, "music": True,
+             "duration": 0.3, "max_new_tokens": 2, "seed": i} for i in range(3)]
+    reqs += [{"id": "plain", "prompt": "Write a calm piano piece.", "music": True, "duration": 0.3,
+              "max_new_tokens": 2, "seed": 0},
+             {"id": "e0-none", **reqs[0], "edit_mode": "none"}]
+    reqs[-1]["id"] = "e0-none"
+    path = write_jsonl(tmp_path / "e.jsonl", reqs)
+    assert cli("--input", path, "--output-dir", tmp_path / "one", "--batch-size", 1)[0] == 0
+    assert cli("--input", path, "--output-dir", tmp_path / "four", "--batch-size", 4)[0] == 0
+    one, four = results(tmp_path / "one"), results(tmp_path / "four")
+    assert four == one and all(r["error"] is None and r["wav"] for r in one)
+    for r in one:
+        assert np.array_equal(wav_samples(tmp_path / "four", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
+    # the edit is not what the same request renders without its source
+    by_id = {r["id"]: r for r in one}
+    edit, plain = wav_samples(tmp_path / "one", by_id["e0"]["wav"]), wav_samples(tmp_path / "one", by_id["e0-none"]["wav"])
+    assert edit.shape == plain.shape and not np.array_equal(edit, plain)
+    assert tiny_pipes[("musicgen", "columns")].edit_decoder("auto")[1] == "prompt"
+    # an edit mode the decoder cannot do (AudioLDM2's `init` on MusicGen) fails that request alone
+    bad = write_jsonl(tmp_path / "bad.jsonl", [reqs[0] | {"edit_mode": "init"}, reqs[3]])
+    rc, _, _ = cli("--input", bad, "--output-dir", tmp_path / "bad", "--batch-size", 2)
+    res = {r["id"]: r for r in results(tmp_path / "bad")}
+    assert rc == 1 and res["e0"]["error"] and "init" in res["e0"]["error"] and res["plain"]["wav"]
 
 
 def test_one_corrupt_file_among_eight_fails_alone(cli, media, tmp_path):

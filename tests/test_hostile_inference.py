@@ -230,6 +230,8 @@ BAD = [   # (request, error in results.jsonl)
     ({"id": "tokens-str", "prompt": "Describe.", "max_new_tokens": "5"}, "max_new_tokens must be an integer"),
     ({"id": "dur-huge", "prompt": "Music.", "music": True, "duration": 1e9}, "duration must be > 0 and <= 120"),
     ({"id": "typo", "prompt": "Music.", "durration": 3}, "unknown field 'durration'"),
+    ({"id": "edit-mode", "prompt": "Music.", "edit_mode": "remix"}, "edit_mode must be one of auto, prompt, melody"),
+    ({"id": "edit-strength", "prompt": "Music.", "edit_strength": 1.5}, "edit_strength must be >= 0 and <= 1"),
     ({"id": "no-prompt"}, "prompt must be a string, got None"),
     ({"id": "blank", "prompt": "   "}, "prompt is empty"),
     ({"id": "nul-path", "prompt": "Describe.", "image": "a\u0000b.png"}, "image contains a NUL character"),
@@ -275,6 +277,12 @@ def test_batch_id_maps_to_a_safe_recorded_name(batch_run, rid, wav):
     import re
     rec = batch_run[3][rid]
     assert rec["error"] is None and re.fullmatch(wav, rec["wav"]) and rec["sample_rate"] == 32000
+
+
+def test_request_edit_modes_are_the_renderers():
+    from llama.long_music import EDIT_MODES
+    from llama.request_schema import EDIT_MODES as REQUEST_EDIT_MODES
+    assert REQUEST_EDIT_MODES == EDIT_MODES
 
 
 @pytest.mark.parametrize("req, reason", BAD, ids=[r["id"] for r, _ in BAD])
