@@ -282,8 +282,8 @@ class Transformer(nn.Module):
         for block in self._blocks():
             if packing == "columns" or len(block) > 1:
                 pack_([m.weight for m in block], packing)
-            if layout == "onednn":
-                prepacked.attach(block)
+            if layout == "onednn" and (len(block) > 1 or block[0] is self.output):
+                prepacked.attach(block)        # not wo, w2: no faster at 512 wide (benchmarks/README.md)
 
     def _blocks(self) -> list[tuple[nn.Module, ...]]:
         """The weights a decode step reads, grouped by shared input."""

@@ -35,8 +35,9 @@ def test_onednn_layout_gives_the_column_layouts_logits_and_reads_the_copies(monk
     columns, onednn = randomised(cfg), randomised(cfg)
     columns.merge_lora("columns")
     onednn.merge_lora("onednn")
-    # every block a decode step reads has a copy, and the parameters keep the column layout
-    assert all(prepacked.ATTR in b[0].__dict__ for b in blocks(onednn))
+    # wq|wk|wv, w1|w3 and the LM head have copies (wo and w2 not), the parameters keep the columns
+    with_copy = [b for b in blocks(onednn) if prepacked.ATTR in b[0].__dict__]
+    assert len(with_copy) == 2 * cfg.n_layers + 1 and all(len(b) > 1 or b[0] is onednn.output for b in with_copy)
     assert onednn.state_dict().keys() == columns.state_dict().keys()
     for k, v in onednn.state_dict().items():
         assert v.stride() == columns.state_dict()[k].stride(), k
@@ -48,33 +49,35 @@ def test_onednn_layout_gives_the_column_layouts_logits_and_reads_the_copies(monk
     full, steps = run(onednn, tokens, prefixes, calls)
     torch.testing.assert_close(full, want_full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(steps, want_steps, rtol=1e-5, atol=1e-5)
-    # a one-token step of 4 rows reads 4 blocks per layer and the LM head from the copies
-    assert len(calls) == 5 * (4 * cfg.n_layers + 1) and all(s[:2] == (4, 1) for s in calls)
+    # a one-token step of 4 rows reads 2 blocks per layer and the LM head from the copies
+    assert len(calls) == 5 * (2 * cfg.n_layers + 1) and all(s[:2] == (4, 1) for s in calls)
 
 
 def test_copy_is_ignored_when_it_cannot_apply():
     cfg = small_cfg()
     model = randomised(cfg)
     model.merge_lora("onednn")
-    lin = model.layers[0].attention.wo
+    ff = model.layers[0].feed_forward
+    lin = (ff.w1, ff.w3)
     x = torch.randn(4, 1, cfg.dim)
     with torch.no_grad():
-        assert prepacked.usable((lin,), x) is not None
-        assert prepacked.usable((lin,), x[:1]) is None                         # one row: columns
-        assert prepacked.usable((lin,), torch.randn(prepacked.FEW_ROWS[1] + 1, cfg.dim)) is None
-        assert prepacked.usable((lin,), x.double()) is None
+        assert prepacked.usable(lin, x) is not None
+        assert prepacked.usable(lin, x[:1]) is None                            # one row: columns
+        assert prepacked.usable(lin, torch.randn(prepacked.FEW_ROWS[1] + 1, cfg.dim)) is None
+        assert prepacked.usable(lin, x.double()) is None
     with torch.enable_grad():
-        assert prepacked.usable((lin,), x) is None                             # training: parameters
+        assert prepacked.usable(lin, x) is None                                # training: parameters
     # a weight or bias changed in place after the copy was made: the copy is stale, not used
-    for tensor in (lin.weight, lin.bias):
+    for which in ("weight", "bias"):
         m = randomised(cfg)
         m.merge_lora("onednn")
-        t = m.layers[0].attention.wo.weight if tensor is lin.weight else m.layers[0].attention.wo.bias
+        f = m.layers[0].feed_forward
         with torch.no_grad():
-            t.add_(0.5)
-            assert prepacked.usable((m.layers[0].attention.wo,), x) is None
-            wo = m.layers[0].attention.wo
-            torch.testing.assert_close(wo(x), F.linear(x, wo.weight, wo.bias))
+            getattr(f.w3, which).add_(0.5)
+            assert prepacked.usable((f.w1, f.w3), x) is None
+            want = F.linear(F.silu(F.linear(x, f.w1.weight, f.w1.bias)) * F.linear(x, f.w3.weight, f.w3.bias),
+                            f.w2.weight, f.w2.bias)
+            torch.testing.assert_close(f(x), want, rtol=1e-5, atol=1e-6)
     # unmerging drops every copy
     model.unmerge_lora()
     assert not any(prepacked.ATTR in b[0].__dict__ for b in blocks(model))
