@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batch_features import batch_features
+from .batch_music import PendingMusic, render_pending
 from .errors import UserError
 from .mumu_llama import MODALITIES
 from .pipeline import Answer, check_answer_settings
@@ -64,20 +65,6 @@ def make_batches(items: list[tuple[int, Request, int]], batch_size: int) -> list
             batches.append([pos])
         last = settings
     return batches
-
-
-@dataclass
-class PendingMusic:
-    """A music answer whose audio is still to render: batched with others by `render_pending`."""
-
-    key: object                             # the caller's name for the slot (a list index)
-    answer: Answer
-    cond: torch.Tensor                      # (cond_tokens, C), already divided by the bridge scale
-    duration: float
-    guidance: float | None
-    seed: int
-    source: str | None = None               # the request's audio: an edit renders alone from it
-    edit: dict = field(default_factory=dict)    # edit_mode, edit_strength
 
 
 def answer_group(pipe, reqs: list[Request], decode_step=None,
@@ -142,62 +129,6 @@ def _generate(pipe, live: list[_Live], out: list, decode_step) -> list[PendingMu
     return [PendingMusic(x.index, answers[b], result.music_cond[b] / pipe.model.cfg.bridge_scale,
                          x.req.duration, x.req.guidance_scale, x.req.seed, x.req.audio, x.req.edit_kwargs())
             for b, x in enumerate(live) if result.music_cond[b] is not None]
-
-
-def render_pending(pipe, pending: list[PendingMusic], max_rows: int) -> dict:
-    """Render the pending music answers, at most `max_rows` per decoder call, one call per
-    (duration, guidance) (both are settings of the whole render); each row's noise comes from its
-    request's seed and the codec decodes row by row, so a row's samples are what it gets alone.
-    Returns {key: UserError} for the answers that failed; a failure in a batched call is found
-    by rendering its rows alone, so it does not sink the others."""
-    failed: dict = {}
-    groups: dict[tuple, list[PendingMusic]] = {}
-    for m in pending:
-        if m.source is not None and m.edit["edit_mode"] != "none":
-            _render_edit(pipe, m, failed)            # conditioned on its own source: alone
-        else:
-            groups.setdefault((m.duration, m.guidance), []).append(m)
-    for (duration, guidance), items in groups.items():
-        for start in range(0, len(items), max_rows):
-            chunk = items[start:start + max_rows]
-            conds = torch.stack([m.cond for m in chunk])                         # (B, N, C)
-            t1 = time.perf_counter()
-            try:
-                waves = _render(pipe, conds, duration, guidance, [m.seed for m in chunk])
-            except UserError as e:
-                if len(chunk) == 1:
-                    failed[chunk[0].key] = e
-                    continue
-                waves = None                     # find out which request it was: render alone
-            for j, m in enumerate(chunk):
-                try:
-                    wave = waves[j] if waves is not None else _render(pipe, conds[j:j + 1], duration, guidance,
-                                                                      [m.seed])[0]
-                except UserError as e:
-                    failed[m.key] = e
-                    continue
-                m.answer.audio, m.answer.sample_rate = wave, pipe.decoder().sampling_rate
-                m.answer.timings["render_s"] = time.perf_counter() - t1
-                m.answer.timings["render_batch"] = len(chunk)
-    return failed
-
-
-def _render_edit(pipe, m: PendingMusic, failed: dict) -> None:
-    """An edit, rendered exactly as `MuMuPipeline.answer` renders it for the request alone."""
-    t0 = time.perf_counter()
-    try:
-        m.answer.audio, m.answer.sample_rate = pipe.render_music(
-            m.cond, m.duration, m.seed, m.guidance, m.source, **m.edit)
-    except UserError as e:
-        failed[m.key] = e
-        return
-    m.answer.timings["render_s"] = time.perf_counter() - t0
-    m.answer.timings["render_batch"] = 1
-
-
-def _render(pipe, conds: torch.Tensor, duration: float, guidance, seeds: list[int]):
-    kwargs = {} if guidance is None else {"guidance_scale": guidance}
-    return pipe.decoder().render_projected(conds, duration=duration, seeds=seeds, **kwargs)
 
 
 def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettings, emit, progress=None) -> None:

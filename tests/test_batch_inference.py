@@ -161,11 +161,51 @@ def test_edits_in_a_batch_follow_their_source_as_alone(cli, media, tmp_path, tin
     edit, plain = wav_samples(tmp_path / "one", by_id["e0"]["wav"]), wav_samples(tmp_path / "one", by_id["e0-none"]["wav"])
     assert edit.shape == plain.shape and not np.array_equal(edit, plain)
     assert tiny_pipes[("musicgen", "columns")].edit_decoder("auto")[1] == "prompt"
+    # the three edits of one source length rendered in one call; the source-less two in another
+    batches = {r["id"]: json.loads(line)["timings"]["render_batch"]
+               for r, line in zip(four, (tmp_path / "four" / "results.jsonl").read_text().splitlines())}
+    assert [batches[f"e{i}"] for i in range(3)] == [3, 3, 3] and batches["plain"] == batches["e0-none"] == 2
     # an edit mode the decoder cannot do (AudioLDM2's `init` on MusicGen) fails that request alone
     bad = write_jsonl(tmp_path / "bad.jsonl", [reqs[0] | {"edit_mode": "init"}, reqs[3]])
     rc, _, _ = cli("--input", bad, "--output-dir", tmp_path / "bad", "--batch-size", 2)
     res = {r["id"]: r for r in results(tmp_path / "bad")}
     assert rc == 1 and res["e0"]["error"] and "init" in res["e0"]["error"] and res["plain"]["wav"]
+
+
+def test_melody_edits_batch_and_equal_alone(tiny_bundle, media, tmp_path, monkeypatch, capsys):
+    """With a MusicGen-Melody beside MusicGen, `auto` edits go to it; edits whose sources have one
+    length render in one call, each WAV the one it gets alone; a source of another length alone."""
+    import shutil
+
+    import soundfile as sf
+
+    from llama.decoders.tiny_decoders import build_tiny_musicgen_melody
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    spec = json.loads((bundle / "bundle.json").read_text())
+    cond_dim = json.loads((bundle / spec["musicgen"] / "config.json").read_text())["text_encoder"]["d_model"]
+    n_tokens = json.loads((bundle / spec["musicgen"] / "mumu_decoder.json").read_text())["n_cond_tokens"]
+    build_tiny_musicgen_melody(bundle / "MusicGenMelody", cond_dim=cond_dim, n_cond_tokens=n_tokens)
+    (bundle / "bundle.json").write_text(json.dumps(spec | {"musicgen_melody": "MusicGenMelody"}))
+    wave, sr = sf.read(media / "melody.wav", dtype="float32")
+    sf.write(tmp_path / "short.wav", wave[: len(wave) // 2], sr)
+    reqs = [{"id": f"e{i}", "prompt": "Play it on the flute instead.", "audio": str(media / "melody.wav"),
+             "music": True, "duration": 0.3, "max_new_tokens": 2, "seed": i} for i in range(3)]
+    reqs.append(reqs[0] | {"id": "short", "audio": str(tmp_path / "short.wav")})
+    path = write_jsonl(tmp_path / "e.jsonl", reqs)
+    for b in (1, 4):
+        assert inference.main(["--ckpt-dir", str(bundle), "--input", str(path), "--output-dir",
+                               str(tmp_path / f"b{b}"), "--batch-size", str(b)]) == 0
+    capsys.readouterr()
+    one, four = results(tmp_path / "b1"), results(tmp_path / "b4")
+    assert four == one and all(r["wav"] for r in one)
+    for r in one:
+        assert np.array_equal(wav_samples(tmp_path / "b4", r["wav"]), wav_samples(tmp_path / "b1", r["wav"]))
+    timings = {r["id"]: json.loads(line)["timings"]
+               for r, line in zip(four, (tmp_path / "b4" / "results.jsonl").read_text().splitlines())}
+    assert [timings[f"e{i}"]["render_batch"] for i in range(3)] == [3, 3, 3]
+    assert timings["short"]["render_batch"] == 1
 
 
 def test_one_corrupt_file_among_eight_fails_alone(cli, media, tmp_path):

@@ -305,8 +305,11 @@ def _row_wise_codec(codec):
     batched = codec.decode
 
     def decode(codes, audio_scales=None, **kw):                       # codes (1, B, K, T)
+        # audio_scales: one entry per codec frame (None, or a (B, 1) scale), as EnCodec returns
+        # them; generate passes [None] * B when it has none
         outs = [batched(codes[:, b:b + 1], audio_scales=None if audio_scales is None else
-                        audio_scales[b:b + 1], **kw) for b in range(codes.shape[1])]
+                        [None if s is None else s[b:b + 1] for s in audio_scales], **kw)
+                for b in range(codes.shape[1])]
         outs[0].audio_values = torch.cat([o.audio_values for o in outs])  # (B, 1, T)
         return outs[0]
 
