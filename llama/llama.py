@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import prepacked
 from .config import LLaMAConfig
+from .errors import UserError
 from .weight_layout import FEW_ROWS, LAYOUTS, PACKINGS, pack_, packed_block, packed_linear, product  # noqa: F401
 
 
@@ -274,7 +275,7 @@ class Transformer(nn.Module):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
         if layout == "onednn" and not prepacked.available():
-            raise ValueError("weight layout onednn: this torch build has no oneDNN (mkldnn)")
+            raise UserError("--weight-layout onednn: this torch build has no oneDNN (mkldnn); use columns")
         packing = "rows" if layout == "rows" else "columns"
         for m in self.modules():
             if isinstance(m, LoRALinear):

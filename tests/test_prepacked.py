@@ -83,6 +83,13 @@ def test_copy_is_ignored_when_it_cannot_apply():
     assert not any(prepacked.ATTR in b[0].__dict__ for b in blocks(model))
 
 
+def test_no_onednn_is_a_one_line_user_error(monkeypatch):
+    from llama.errors import UserError
+    monkeypatch.setattr(prepacked, "available", lambda: False)
+    with pytest.raises(UserError, match="weight-layout onednn: this torch build has no oneDNN"):
+        randomised(small_cfg()).merge_lora("onednn")
+
+
 def test_copy_products_equal_f_linear_with_fused_biases():
     """A block of linears with and without bias (wq has one, wk and wv not)."""
     lins = [torch.nn.Linear(16, 8, bias=b) for b in (True, False, True)]
