@@ -92,9 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="compiled one-token decode step over a preallocated KV cache (torch.compile); "
                                 "same tokens, first request pays the compile time")
     gen_speed.add_argument("--weight-layout", choices=["columns", "rows", "onednn"], default="columns",
-                           help="fp32 CPU weight layout of the LLM: columns (fastest at batch 1, and at every "
-                                "batch size on some CPUs) or rows (faster at batch 4-8 on others: measure with "
-                                "benchmarks/batch_inference.py --layout)")
+                           help="fp32 CPU weight layout of the LLM: columns (fastest at batch 1), onednn (columns "
+                                "plus oneDNN copies for batches of 2-16 rows: faster batches, more memory) or rows "
+                                "(faster at batch 4-8 on some CPUs); measure with benchmarks/batch_inference.py --layout")
     gen = p.add_argument_group("generation (also the defaults of batch requests)")
     gen.add_argument("--music", action="store_true", help="always produce music (append [AUD0..7])")
     gen.add_argument("--duration", type=_option("duration"), default=5.0, help="seconds of music")
