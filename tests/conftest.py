@@ -26,3 +26,21 @@ def tiny_bundle(tmp_path_factory) -> Path:
     """The offline tiny bundle, built once per test session."""
     from llama.tiny import build_tiny_bundle
     return build_tiny_bundle(tmp_path_factory.mktemp("ckpts") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_with_melody(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with a tiny MusicGen-Melody beside MusicGen (bundle.json "musicgen_melody")."""
+    import json
+    import shutil
+
+    from llama.decoders.tiny_decoders import build_tiny_musicgen_melody
+
+    bundle = tmp_path_factory.mktemp("ckpts_melody") / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    spec = json.loads((bundle / "bundle.json").read_text())
+    cond_dim = json.loads((bundle / spec["musicgen"] / "config.json").read_text())["text_encoder"]["d_model"]
+    n_tokens = json.loads((bundle / spec["musicgen"] / "mumu_decoder.json").read_text())["n_cond_tokens"]
+    build_tiny_musicgen_melody(bundle / "MusicGenMelody", cond_dim=cond_dim, n_cond_tokens=n_tokens)
+    (bundle / "bundle.json").write_text(json.dumps(spec | {"musicgen_melody": "MusicGenMelody"}))
+    return bundle

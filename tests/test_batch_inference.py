@@ -172,22 +172,10 @@ def test_edits_in_a_batch_follow_their_source_as_alone(cli, media, tmp_path, tin
     assert rc == 1 and res["e0"]["error"] and "init" in res["e0"]["error"] and res["plain"]["wav"]
 
 
-def test_melody_edits_batch_and_equal_alone(tiny_bundle, media, tmp_path, monkeypatch, capsys):
+def test_melody_edits_batch_and_equal_alone(tiny_bundle_with_melody, media, tmp_path, capsys):
     """With a MusicGen-Melody beside MusicGen, `auto` edits go to it; edits whose sources have one
     length render in one call, each WAV the one it gets alone; a source of another length alone."""
-    import shutil
-
-    import soundfile as sf
-
-    from llama.decoders.tiny_decoders import build_tiny_musicgen_melody
-
-    bundle = tmp_path / "b"
-    shutil.copytree(tiny_bundle, bundle)
-    spec = json.loads((bundle / "bundle.json").read_text())
-    cond_dim = json.loads((bundle / spec["musicgen"] / "config.json").read_text())["text_encoder"]["d_model"]
-    n_tokens = json.loads((bundle / spec["musicgen"] / "mumu_decoder.json").read_text())["n_cond_tokens"]
-    build_tiny_musicgen_melody(bundle / "MusicGenMelody", cond_dim=cond_dim, n_cond_tokens=n_tokens)
-    (bundle / "bundle.json").write_text(json.dumps(spec | {"musicgen_melody": "MusicGenMelody"}))
+    bundle = tiny_bundle_with_melody
     wave, sr = sf.read(media / "melody.wav", dtype="float32")
     sf.write(tmp_path / "short.wav", wave[: len(wave) // 2], sr)
     reqs = [{"id": f"e{i}", "prompt": "Play it on the flute instead.", "audio": str(media / "melody.wav"),

@@ -209,24 +209,12 @@ def test_audioldm2_runs_only_the_remaining_steps(ldm, strength, monkeypatch):
                      edit_mode="init", edit_strength=1.5)
 
 
-def test_bundle_melody_decoder_takes_auto_and_melody_edits(tiny_bundle, tmp_path):
+def test_bundle_melody_decoder_takes_auto_and_melody_edits(tiny_bundle, tiny_bundle_with_melody):
     """bundle.json "musicgen_melody" beside MusicGen: auto and melody edits go to the melody
     model; prompt and none stay with MusicGen; without it, auto is prompt."""
-    import json
-    import shutil
-
-    from llama.decoders.tiny_decoders import build_tiny_musicgen_melody
     from llama.pipeline import BundlePaths, MuMuPipeline
 
-    bundle = tmp_path / "b"
-    shutil.copytree(tiny_bundle, bundle)
-    spec = json.loads((bundle / "bundle.json").read_text())
-    cond_dim = json.loads((bundle / spec["musicgen"] / "config.json").read_text())["text_encoder"]["d_model"]
-    n_tokens = json.loads((bundle / spec["musicgen"] / "mumu_decoder.json").read_text())["n_cond_tokens"]
-    build_tiny_musicgen_melody(bundle / "MusicGenMelody", cond_dim=cond_dim, n_cond_tokens=n_tokens)
-    spec["musicgen_melody"] = "MusicGenMelody"
-    (bundle / "bundle.json").write_text(json.dumps(spec))
-    pipe = MuMuPipeline.load(BundlePaths.from_bundle(bundle))
+    pipe = MuMuPipeline.load(BundlePaths.from_bundle(tiny_bundle_with_melody))
     for mode in ("auto", "melody"):
         dec, concrete = pipe.edit_decoder(mode)
         assert concrete == "melody" and dec.melody and dec is not pipe.decoder()
