@@ -8,8 +8,9 @@ current length). Here the KV cache is preallocated to the length the call needs 
 length is a dynamic dimension of the compiled graph, so one compilation serves every length;
 attention reads the whole cache with a mask that hides positions past the current one and left
 padding, and the position is a tensor, not a Python number. One compile per batch size;
-`compiles` counts them. Prefill stays eager (it runs once per request). Greedy tokens equal the eager path's (tests/test_compiled_decode.py); logits agree to
-fp32 rounding (fused kernels round differently).
+`compiles` counts them. Prefill stays eager (it runs once per request). Greedy tokens equal the
+eager path's (tests/test_compiled_decode.py); logits agree to fp32 rounding (fused kernels round
+differently).
 """
 from __future__ import annotations
 
