@@ -8,7 +8,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test tiny bench clean app synth synth-eval ship-default
+.PHONY: setup demo test tiny bench bench-batch clean app synth synth-eval ship-default
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/decode.py
+
+# batch inference and compiled decode (about 7 minutes on 2 cores); LAYOUT=onednn for the oneDNN copies
+LAYOUT ?= columns
+bench-batch: setup tiny
+	OMP_NUM_THREADS=1 $(PY) benchmarks/batch_inference.py --layout $(LAYOUT) --json benchmarks/results/batch_inference_$(LAYOUT).json
 
 clean:
 	rm -rf outputs assets/generated ckpts/tiny
