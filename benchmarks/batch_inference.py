@@ -284,12 +284,7 @@ def main(argv=None) -> dict:
     p.add_argument("--music-duration", type=float, default=1.0, help="seconds of each world music answer")
     p.add_argument("--rounds", type=int, default=3,
                    help="CLI and generate(): rounds of one run per batch size; best and median ratio reported")
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--layers", type=int, default=20)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--prompt", type=int, default=64)
-    p.add_argument("--new", type=int, default=64)
+    decode_bench.add_shape_args(p, prompt=64, new=64)
     p.add_argument("--repeats", type=int, default=2, help="decode-rate runs for the floor (best is kept)")
     p.add_argument("--bw-mb", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)

@@ -36,11 +36,12 @@ NO_EOS = -1          # never sampled: every run decodes its full budget
 
 
 # ------------------------------------------------------------------------------ model
-def build_model(args) -> MuMuLLaMA:
-    """The 7b preset with the LLaMA shape swapped for the benchmark's, random non-trivial weights."""
+def build_model(args, device="cpu", dtype: torch.dtype | None = None) -> MuMuLLaMA:
+    """The 7b preset with the LLaMA shape swapped for the benchmark's, random non-trivial weights,
+    made on `device` in `dtype` (default: torch's), so a 7B model never passes through the CPU."""
     llama = LLaMAConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, vocab_size=args.vocab,
                         max_seq_len=max(4096, args.prompt + args.new + 16), lora_rank=16,
-                        adapter_layers_per_modality=6)
+                        adapter_layers_per_modality=min(6, args.layers // 3))   # 6 (published) from 18 layers
     cfg = preset("7b")
     cfg = dataclasses.replace(
         cfg, llama=llama,
@@ -49,7 +50,13 @@ def build_model(args) -> MuMuLLaMA:
         video_adapter=dataclasses.replace(cfg.video_adapter, out_dim=args.dim),
         projector=dataclasses.replace(cfg.projector, in_dim=args.dim))
     torch.manual_seed(0)
-    model = MuMuLLaMA(cfg).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or default)
+    try:
+        with torch.device(device):
+            model = MuMuLLaMA(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
     with torch.no_grad():                      # LoRA, biases and gates all non-zero
         for name, p in model.llm.named_parameters():
             if "lora_b" in name or name.endswith(".bias"):
@@ -170,14 +177,20 @@ def decode_bytes_per_token(model: MuMuLLaMA, context: float) -> dict:
 
 
 # ------------------------------------------------------------------------------ main
+def add_shape_args(p: argparse.ArgumentParser, dim: int = 512, layers: int = 20, heads: int = 8,
+                   prompt: int = 128, new: int = 256) -> None:
+    """The model shape and run length options that `build_model` reads (shared by the benchmarks)."""
+    p.add_argument("--dim", type=int, default=dim)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--heads", type=int, default=heads)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--prompt", type=int, default=prompt)
+    p.add_argument("--new", type=int, default=new)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--layers", type=int, default=20)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--new", type=int, default=256)
+    add_shape_args(p, prompt=128, new=256)
     p.add_argument("--recompute-new", type=int, default=32,
                    help="new tokens for the (quadratic) full-recompute run")
     p.add_argument("--repeats", type=int, default=3)

@@ -20,7 +20,6 @@ Runs on CPU too with a small shape (a smoke test: `--device cpu --dtype float32 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import decode as decode_bench  # noqa: E402
 
 from llama.compiled_decode import CompiledDecode  # noqa: E402
-from llama.config import LLaMAConfig, preset  # noqa: E402
+from llama.config import LLaMAConfig  # noqa: E402
 from llama.mumu_llama import MuMuLLaMA  # noqa: E402
 
 NO_EOS = -1
@@ -47,31 +46,8 @@ def sync(device: torch.device) -> None:
 
 
 def build(args, device: torch.device, dtype: torch.dtype) -> MuMuLLaMA:
-    """The model made on the device in dtype (no CPU copy of 7B weights)."""
-    llama = LLaMAConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, vocab_size=args.vocab,
-                        max_seq_len=max(4096, args.prompt + args.new + 16), lora_rank=16,
-                        adapter_layers_per_modality=min(6, args.layers // 3))   # 6 (published) from 18 layers
-    cfg = preset("7b")
-    cfg = dataclasses.replace(
-        cfg, llama=llama,
-        audio_adapter=dataclasses.replace(cfg.audio_adapter, out_dim=args.dim),
-        image_adapter=dataclasses.replace(cfg.image_adapter, out_dim=args.dim),
-        video_adapter=dataclasses.replace(cfg.video_adapter, out_dim=args.dim),
-        projector=dataclasses.replace(cfg.projector, in_dim=args.dim))
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = MuMuLLaMA(cfg).eval()
-    finally:
-        torch.set_default_dtype(default)
-    with torch.no_grad():
-        for name, p in model.llm.named_parameters():
-            if "lora_b" in name or name.endswith(".bias"):
-                p.normal_(std=0.02)
-            elif name.endswith(".gate"):
-                p.uniform_(-1, 1)
+    """decode.py's model, made on the device in dtype (no CPU copy of 7B weights), LoRA merged."""
+    model = decode_bench.build_model(args, device, dtype)
     model.llm.merge_lora()
     return model.requires_grad_(False)
 
@@ -117,12 +93,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dim", type=int, default=4096)
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--new", type=int, default=128)
+    decode_bench.add_shape_args(p, dim=4096, layers=32, heads=32, prompt=128, new=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bw-gb", type=float, default=4.0, help="size of the bandwidth probe set (GiB)")
     p.add_argument("--bw-passes", type=int, default=5)
