@@ -1,7 +1,9 @@
 """Batched answering: many requests through one `generate()` and one decoder call.
 
 Why batch: a decode step reads every weight once whatever the batch, so B requests cost about
-one on memory-bound hardware. Promise kept: a request's answer (tokens, WAV) is what it gets
+one on memory-bound hardware. A window's requests that share sampling settings go through one
+`generate(slots=batch_size)`: continuous batching, so a row whose answer ended takes the next
+request at once instead of idling until the longest answer of its batch ends. Promise kept: a request's answer (tokens, WAV) is what it gets
 alone, up to fp32 rounding inside the batched products (see `answer_group`), and a request
 that fails (corrupt media, too long) fails alone while its batch-mates are answered.
 """
@@ -23,8 +25,9 @@ from .tokenizer import format_prompt
 
 @dataclass
 class BatchSettings:
-    """How requests are grouped. `window` requests (in input order) are regrouped at a time, so
-    results can be written in input order without holding the whole file."""
+    """How requests are grouped. `window` requests (in input order) are answered at a time, so
+    results can be written in input order without holding the whole file; `batch_size` rows
+    decode at once (and each encoder and decoder call takes up to that many)."""
 
     batch_size: int = 1
     window_batches: int = 4
@@ -44,32 +47,19 @@ class _Live:
     encode_s: float = 0.0
 
 
-def group_key(req: Request, n_prompt_tokens: int) -> tuple:
-    """Requests with equal keys can share a `generate()` call (same sampling settings); sorting by
-    it puts equal modality mixes and near prompt lengths together, so little is padded."""
-    mix = tuple(m for m in MODALITIES if getattr(req, m) is not None)
-    return (req.temperature, req.top_p, mix, n_prompt_tokens)
-
-
-def make_batches(items: list[tuple[int, Request, int]], batch_size: int) -> list[list[int]]:
-    """items: (position, request, prompt tokens) -> batches of positions, each batch sharing the
-    sampling settings (temperature, top_p), grouped by modality mix and prompt length."""
-    order = sorted(items, key=lambda it: group_key(it[1], it[2]) + (it[0],))
-    batches: list[list[int]] = []
-    last = None
-    for pos, req, _ in order:
-        settings = (req.temperature, req.top_p)
-        if batches and len(batches[-1]) < batch_size and settings == last:
-            batches[-1].append(pos)
-        else:
-            batches.append([pos])
-        last = settings
-    return batches
+def make_groups(items: list[tuple[int, Request]]) -> list[list[int]]:
+    """items: (position, request) -> groups of positions sharing the sampling settings
+    (temperature, top_p), each in input order; groups ordered by their first request."""
+    groups: dict[tuple, list[int]] = {}
+    for pos, req in items:
+        groups.setdefault((req.temperature, req.top_p), []).append(pos)
+    return list(groups.values())
 
 
 def answer_group(pipe, reqs: list[Request], decode_step=None,
-                 music: list[PendingMusic] | None = None) -> list[Answer | UserError]:
-    """Answer requests that share temperature and top_p in one batch; a UserError in a slot is
+                 music: list[PendingMusic] | None = None, slots: int | None = None) -> list[Answer | UserError]:
+    """Answer requests that share temperature and top_p in one `generate()`, `slots` rows at a
+    time (default: all at once), encoders `slots` requests per call; a UserError in a slot is
     that request's failure. With a `music` list, music answers are appended to it (key = their
     index in the returned list) for `render_pending` instead of being rendered here, so that the
     decoder renders music from several batches in one call.
@@ -89,7 +79,12 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
             checked.append(i)
         except UserError as e:
             out[i] = e
-    feats, seconds = batch_features(pipe, [reqs[i].media() for i in checked])   # each (1, ...)
+    chunk = slots or max(1, len(checked))
+    feats, seconds = [], []
+    for at in range(0, len(checked), chunk):
+        f, s = batch_features(pipe, [reqs[i].media() for i in checked[at:at + chunk]])   # each (1, ...)
+        feats += f
+        seconds += s
     for i, f, s in zip(checked, feats, seconds):
         if isinstance(f, UserError):
             out[i] = f
@@ -100,7 +95,7 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
         settings = {(x.req.temperature, x.req.top_p) for x in live}
         if len(settings) > 1:
             raise ValueError(f"one batch must share temperature and top_p, got {sorted(settings)}")
-        pending = _generate(pipe, live, out, decode_step)
+        pending = _generate(pipe, live, out, decode_step, slots)
         if music is not None:
             music.extend(pending)
         else:
@@ -109,7 +104,7 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
     return out
 
 
-def _generate(pipe, live: list[_Live], out: list, decode_step) -> list[PendingMusic]:
+def _generate(pipe, live: list[_Live], out: list, decode_step, slots: int | None) -> list[PendingMusic]:
     first = live[0].req
     feats = {m: [x.feats.get(m) for x in live] for m in MODALITIES if any(m in x.feats for x in live)}
     t0 = time.perf_counter()
@@ -117,13 +112,14 @@ def _generate(pipe, live: list[_Live], out: list, decode_step) -> list[PendingMu
         [x.ids for x in live], feats, max_new_tokens=[x.req.max_new_tokens for x in live],
         temperature=first.temperature, top_p=first.top_p, eos_id=pipe.tokenizer.eos_id,
         force_music=[x.req.music for x in live],
-        generator=[torch.Generator().manual_seed(x.req.seed) for x in live], decode_step=decode_step)
+        generator=[torch.Generator().manual_seed(x.req.seed) for x in live], decode_step=decode_step,
+        slots=slots)
     gen_s = time.perf_counter() - t0
     answers = []
     for b, x in enumerate(live):
         ans = Answer(pipe.tokenizer.decode(result.tokens[b]).strip(), result.tokens[b])
         ans.timings = {"encode_s": x.encode_s, "generate_s": gen_s, "new_tokens": len(result.tokens[b]),
-                       "batch_size": len(live)}
+                       "batch_size": min(len(live), slots or len(live))}
         answers.append(ans)
         out[x.index] = ans
     return [PendingMusic(x.index, answers[b], result.music_cond[b] / pipe.model.cfg.bridge_scale,
@@ -135,10 +131,11 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
     """Answer `todo` ((id, Request or the RequestError it failed with), input order) in batches
     and call emit(id, request, Answer | UserError) in input order.
 
-    Requests are regrouped within windows of `settings.window`; a window's answers are emitted as
-    soon as all before them are, so a kill loses at most one window of unwritten work. Music
-    answers wait for the window's last batch: their audio renders then, `batch_size` rows per
-    decoder call, whichever batch their text came from.
+    Requests are answered in windows of `settings.window`: one continuous-batching `generate()`
+    per group of equal sampling settings; a window's answers are emitted as soon as all before
+    them are, so a kill loses at most one window of unwritten work. Music answers wait for the
+    window's last group: their audio renders then, `batch_size` rows per decoder call, whichever
+    group their text came from.
     """
     from .request_schema import check_against
 
@@ -153,14 +150,13 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
             pipe = get_pipe()
             try:
                 check_against(pipe, req)
-                n = len(pipe.tokenizer.encode(format_prompt(req.prompt), bos=True))
             except UserError as e:
                 results[pos] = e
                 continue
-            items.append((pos, req, n))
+            items.append((pos, req))
         done = 0
         music: list[PendingMusic] = []             # batch > 1: the window's music, rendered together
-        batches = make_batches(items, settings.batch_size)
+        batches = [[pos] for pos, _ in items] if settings.batch_size == 1 else make_groups(items)
         for i, batch in enumerate([[]] + batches):
             if batch:
                 reqs = [window[p][1] for p in batch]
@@ -168,9 +164,10 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
                     answers = _answer_alone(get_pipe(), reqs[0], settings.decode_step)
                 else:
                     start = len(music)
-                    answers = answer_group(get_pipe(), reqs, settings.decode_step, music=music)
+                    answers = answer_group(get_pipe(), reqs, settings.decode_step, music=music,
+                                           slots=settings.batch_size)
                     for m in music[start:]:
-                        m.key = batch[m.key]                 # index in the batch -> window position
+                        m.key = batch[m.key]                 # index in the group -> window position
                 results.update(zip(batch, answers))
             if music and i == len(batches):        # the window's last batch: render its music
                 results.update(render_pending(get_pipe(), music, settings.batch_size))

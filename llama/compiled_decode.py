@@ -6,8 +6,8 @@ dispatch, and on a GPU kernel launches) keeps decoding from the memory-bandwidth
 it compiles once: the eager step's shapes grow with the sequence (the cache is read up to the
 current length). Here the KV cache is preallocated to the length the call needs and the cache
 length is a dynamic dimension of the compiled graph, so one compilation serves every length;
-attention reads the whole cache with a mask that hides positions past the current one and left
-padding, and the position is a tensor, not a Python number. One compile per batch size;
+attention reads the whole cache with a mask that hides each row's positions past its own, and
+the positions are a tensor (one per row, as continuous batching needs), not Python numbers. One compile per batch size;
 `compiles` counts them. Prefill stays eager (it runs once per request). Greedy tokens equal the
 eager path's (tests/test_compiled_decode.py); logits agree to fp32 rounding (fused kernels round
 differently).
@@ -42,17 +42,17 @@ class _Step(torch.nn.Module):
         self.qkv = [_weight_block((l.attention.wq, l.attention.wk, l.attention.wv)) for l in llm.layers]
         self.w13 = [_weight_block((l.feed_forward.w1, l.feed_forward.w3)) for l in llm.layers]
 
-    def forward(self, tokens, pos, valid, keys, values, adapter_res):
-        """tokens (B, 1); pos () long; valid (B, T) bool; keys/values per layer (B, H, T, hd)
+    def forward(self, tokens, pos, keys, values, adapter_res):
+        """tokens (B, 1); pos (B,) long, each row's position; keys/values per layer (B, H, T, hd)
         -> logits (B, 1, V), hidden (B, 1, D) before the final norm."""
         llm, cfg = self.llm, self.llm.cfg
-        B, T = valid.shape
+        B, T = tokens.shape[0], keys[0].shape[2]
         H, hd, D = cfg.n_heads, cfg.head_dim, cfg.dim
         h = llm.tok_embeddings(tokens)                                       # (B, 1, D)
-        cos = llm.rope_cos.index_select(0, pos.view(1)).view(1, 1, 1, -1)
-        sin = llm.rope_sin.index_select(0, pos.view(1)).view(1, 1, 1, -1)
-        allowed = (torch.arange(T, device=valid.device) <= pos)[None, :] & valid   # (B, T)
-        mask = allowed[:, None, None, :]                                     # (B, 1, 1, T)
+        cos = llm.rope_cos.index_select(0, pos).view(B, 1, 1, -1)
+        sin = llm.rope_sin.index_select(0, pos).view(B, 1, 1, -1)
+        mask = (torch.arange(T, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, T)
+        at = pos.view(B, 1, 1, 1).expand(B, H, 1, hd)                        # where each row writes
         for i, layer in enumerate(llm.layers):
             a, f = layer.attention, layer.feed_forward
             x = layer.attention_norm(h)
@@ -61,8 +61,8 @@ class _Step(torch.nn.Module):
             q = _rope(q.view(B, 1, H, hd), cos, sin).transpose(1, 2)         # (B, H, 1, hd)
             k = _rope(k.view(B, 1, H, hd), cos, sin).transpose(1, 2)
             v = v.view(B, 1, H, hd).transpose(1, 2)
-            keys[i].index_copy_(2, pos.view(1), k)
-            values[i].index_copy_(2, pos.view(1), v)
+            keys[i].scatter_(2, at, k)
+            values[i].scatter_(2, at, v)
             out = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=mask)
             out = a.wo(out.transpose(1, 2).reshape(B, 1, D))
             if adapter_res[i] is not None:
@@ -107,27 +107,22 @@ class CompiledDecode:
         """The cache generate preallocates: exactly what the call needs (the length is dynamic)."""
         return needed
 
-    def bind(self, llm: Transformer, adapter_res, cache: KVCache, key_mask: torch.Tensor | None):
-        """The step for one generate call: cache preallocated by generate to `cache_len`;
-        key_mask (B, <= T) marks real positions (None: all)."""
+    def bind(self, llm: Transformer, adapter_res, cache: KVCache):
+        """The step for one generate call, over the cache generate preallocated to `cache_len`.
+        adapter_res: per layer (B, 1, D) or None, read at every step (generate overwrites a
+        row's residuals in place when the row takes a new prompt)."""
         if llm is not self.llm:
             raise ValueError("this compiled step was built for another model")
-        B, T = cache.keys[0].shape[0], cache.capacity
-        valid = torch.ones(B, T, dtype=torch.bool, device=cache.keys[0].device)
-        if key_mask is not None:
-            valid[:, :key_mask.shape[1]] = key_mask
         res = list(adapter_res or [None] * len(llm.layers))
         if self._fn is not self.step:                  # one graph for every cache length
             for t in cache.keys + cache.values:
                 torch._dynamo.mark_dynamic(t, 2)
-            torch._dynamo.mark_dynamic(valid, 1)
 
-        def step(tokens: torch.Tensor, position: int):
-            pos = torch.tensor(position, device=valid.device)
-            # a fresh (B, 1) tensor: a column view of generate's sequence carries its stride,
-            # which differs per request and would be a new shape to the compiler
+        def step(tokens: torch.Tensor, positions: torch.Tensor):
+            """tokens (B, 1), positions (B,) long -> logits (B, 1, V), hidden (B, 1, D)."""
+            # fresh tensors: a view of generate's sequence carries its stride, which differs per
+            # request and would be a new shape to the compiler
             tokens = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device).copy_(tokens)
-            logits, hidden = self._fn(tokens, pos, valid, cache.keys, cache.values, res)
-            cache.length = position + 1
-            return logits, hidden
+            pos = torch.empty(positions.shape, dtype=torch.long, device=tokens.device).copy_(positions)
+            return self._fn(tokens, pos, cache.keys, cache.values, res)
         return step

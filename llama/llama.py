@@ -104,11 +104,16 @@ def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Preallocated keys/values per layer, (B, H, max_len, hd); `length` positions are filled."""
+    """Preallocated keys/values per layer, (B, H, max_len, hd); `length` positions are filled.
+
+    A one-token step may instead write each row at its own position (`positions`, (B,)), as
+    continuous batching needs: rows then hold sequences of different lengths, each from 0."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int = 0
+    positions: torch.Tensor | None = None       # per-row step: (B, H, 1, hd) each row's position
+    span: int = 0                               # per-row step: positions read, max(positions) + 1
 
     @classmethod
     def allocate(cls, cfg: LLaMAConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
@@ -119,6 +124,22 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.keys[0].shape[2]
+
+    def rows(self, start: int, n: int) -> "KVCache":
+        """Rows [start, start + n) as a cache of their own (views: writes land here), empty."""
+        return KVCache([k.narrow(0, start, n) for k in self.keys], [v.narrow(0, start, n) for v in self.values])
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's k/v (B, H, S, hd); return all keys/values to attend to (B, H, T, hd)."""
+        keys, values = self.keys[layer], self.values[layer]
+        if self.positions is None:
+            start, S = self.length, k.shape[2]
+            keys.narrow(2, start, S).copy_(k)
+            values.narrow(2, start, S).copy_(v)
+            return keys.narrow(2, 0, start + S), values.narrow(2, 0, start + S)
+        keys.scatter_(2, self.positions, k)         # scatter_: half the cost of index_put here
+        values.scatter_(2, self.positions, v)
+        return keys.narrow(2, 0, self.span), values.narrow(2, 0, self.span)
 
 
 class Attention(nn.Module):
@@ -153,11 +174,7 @@ class Attention(nn.Module):
         v = v.view(B, S, self.n_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # (B, H, S, hd)
         if cache is not None:                       # write this step, attend to all so far
-            start = cache.length
-            cache.keys[layer].narrow(2, start, S).copy_(k)
-            cache.values[layer].narrow(2, start, S).copy_(v)
-            k = cache.keys[layer].narrow(2, 0, start + S)                  # (B, H, T, hd)
-            v = cache.values[layer].narrow(2, 0, start + S)
+            k, v = cache.update(layer, k, v)                               # (B, H, T, hd)
         if mask is None and S > 1:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -227,32 +244,58 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, adapter_res: list | None = None,
                 cache: KVCache | None = None, key_mask: torch.Tensor | None = None,
-                logits_for: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+                logits_for: str | torch.Tensor = "all",
+                positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, S) -> (logits (B, S|1, V), hidden (B, S, D) BEFORE the final norm).
 
         The pre-norm last-layer states are what the published output projector reads.
 
         key_mask (B, T_total) marks real (non-padding) positions of the whole sequence so far,
         T_total = cache.length + S with a cache, S without. With neither mask nor cache the
-        attention is plain causal.
+        attention is plain causal. logits_for: "all", "last", or (B,) indices, one position per
+        row (right-padded rows). positions: with a cache and S == 1, the position of each row's
+        token (rows of different lengths, continuous batching); key_mask must then be None.
         """
         B, S = tokens.shape
+        if positions is not None and len(set(positions)) == 1:
+            cache.length, positions = positions[0], None        # all rows at one position
         start = cache.length if cache is not None else 0
-        if cache is not None and start + S > cache.capacity:
-            raise ValueError(f"sequence of {start + S} tokens exceeds the cache of {cache.capacity}")
-        if start + S > self.rope_cos.shape[0]:
-            raise ValueError(f"sequence of {start + S} tokens exceeds the context of {self.cfg.max_seq_len}")
+        end = start + S if positions is None else max(positions) + 1
+        if cache is not None and end > cache.capacity:
+            raise ValueError(f"sequence of {end} tokens exceeds the cache of {cache.capacity}")
+        if end > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.cfg.max_seq_len}")
         h = self.tok_embeddings(tokens)                                  # (B, S, D)
-        rot = rope_rotation(self.rope_cos[start:start + S], self.rope_sin[start:start + S])
-        # No mask when plain causal (nothing cached before) or when one new token sees it all.
-        needs_mask = key_mask is not None or (start > 0 and S > 1)
-        mask = self._mask(B, S, start, key_mask, h.device) if needs_mask else None
+        if positions is None:
+            rot = rope_rotation(self.rope_cos[start:start + S], self.rope_sin[start:start + S])
+            # No mask when plain causal (nothing cached before) or when one new token sees it all.
+            needs_mask = key_mask is not None or (start > 0 and S > 1)
+            mask = self._mask(B, S, start, key_mask, h.device) if needs_mask else None
+        else:
+            if S != 1 or cache is None or key_mask is not None:
+                raise ValueError("per-row positions take one token per row, a cache and no key_mask")
+            pos = torch.tensor(positions, device=h.device)
+            rot = rope_rotation(self.rope_cos[pos], self.rope_sin[pos]).transpose(0, 1)   # (B, 1, 1, hd/2)
+            hidden_keys = torch.arange(end, device=h.device) > pos[:, None]               # (B, T)
+            # additive: SDPA converts a boolean mask to this in every layer
+            mask = torch.zeros(B, 1, 1, end, device=h.device, dtype=h.dtype).masked_fill_(
+                hidden_keys[:, None, None, :], float("-inf"))                             # (B, 1, 1, T)
+            cache.positions = pos.view(B, 1, 1, 1).expand(B, self.cfg.n_heads, 1, self.cfg.head_dim)
+            cache.span = end
         adapter_res = adapter_res or [None] * self.cfg.n_layers
-        for i, layer in enumerate(self.layers):
-            h = layer(h, rot, mask, cache, i, adapter_res[i])
-        if cache is not None:
+        try:
+            for i, layer in enumerate(self.layers):
+                h = layer(h, rot, mask, cache, i, adapter_res[i])
+        finally:
+            if cache is not None:
+                cache.positions = None
+        if cache is not None and positions is None:
             cache.length = start + S
-        last = self.norm(h[:, -1:] if logits_for == "last" else h)
+        if isinstance(logits_for, torch.Tensor):
+            last = h[torch.arange(B, device=h.device), logits_for][:, None]   # (B, 1, D)
+        else:
+            last = h[:, -1:] if logits_for == "last" else h
+        last = self.norm(last)
         head = prepacked.usable((self.output,), last)
         logits = head(last) if head is not None else self.output(last)
         return logits, h

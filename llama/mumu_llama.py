@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from .adapters import ModalityAdapter
 from .config import MuMuConfig
-from .errors import UserError
-from .llama import KVCache, Transformer
+from .llama import Transformer
 from .projector import OutputProjector
 
 MODALITIES = ("audio", "image", "video")   # order of the prefix-layer groups, first to last
@@ -35,6 +34,7 @@ class GenerationResult:
     tokens: list[list[int]]                       # generated ids per sample (no prompt)
     aud_hidden: list[torch.Tensor | None]         # (n_aud, D) pre-norm states predicting [AUD0..7]
     music_cond: list[torch.Tensor | None] = field(default_factory=list)  # projector outputs
+    steps: int = 0                                # forward passes (prefills and decode steps)
 
 
 class MuMuLLaMA(nn.Module):
@@ -140,98 +140,34 @@ class MuMuLLaMA(nn.Module):
                  max_new_tokens: int | list[int] = 128, temperature: float = 0.0, top_p: float = 0.9,
                  eos_id: int = 2, force_music: bool | list[bool] = False, use_cache: bool = True,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 decode_step=None, on_token=None) -> GenerationResult:
-        """Decode up to `max_new_tokens` per prompt (left-padded batch).
+                 decode_step=None, on_token=None, slots: int | None = None) -> GenerationResult:
+        """Decode up to `max_new_tokens` per prompt, `slots` prompts at a time (default: all).
 
-        When a sample emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow
-        in turn. The projector reads, for each [AUD_k], the pre-norm state of the last position of
-        the step that chose it (as published), so [AUD7] itself is never fed.
-        use_cache=False recomputes the whole sequence per token (reference for tests/benchmarks).
-        max_new_tokens / force_music may be given per prompt, and `generator` as one generator
-        per prompt: each row then samples from its own stream, so a sampled answer does not depend
-        on its batch-mates (batched inference relies on this). `decode_step` (see
-        `llama.compiled_decode`) replaces the cached one-token step, e.g. by a compiled one.
-        `on_token(row, token_id)` is called for every token as it is chosen (streaming); it only
-        observes, so the result is the same with or without it.
+        With fewer slots than prompts this is continuous batching: when a prompt ends, the next
+        one takes its row (`llama.generation`). When a sample emits [AUD0] (or, with force_music,
+        when it would stop), [AUD1..7] follow in turn. The projector reads, for each [AUD_k], the
+        pre-norm state of the last position of the step that chose it (as published), so [AUD7]
+        itself is never fed. use_cache=False recomputes the whole sequence per token (reference
+        for tests/benchmarks). max_new_tokens / force_music may be given per prompt, and
+        `generator` as one generator per prompt: each prompt then samples from its own stream,
+        once per token it chooses, so a sampled answer does not depend on its batch-mates
+        (batched inference relies on this). `decode_step` (see `llama.compiled_decode`) replaces
+        the cached one-token step, e.g. by a compiled one. `on_token(prompt_index, token_id)` is
+        called for every token as it is chosen (streaming); it only observes.
         """
-        L = self.cfg.llama
-        B, device = len(prompts), self.prefix_query.weight.device
-        n_aud, aud_set, aud0 = L.n_aud_tokens, set(self.aud_ids), self.aud_ids[0]
+        from .generation import Decoder
+
+        B = len(prompts)
         max_new = _per_row(max_new_tokens, B, "max_new_tokens")
         force = _per_row(force_music, B, "force_music")
-        longest = max(len(p) for p in prompts)
-        capacity = longest + max(max_new) + n_aud             # room for a full [AUD] run
-        if capacity > L.max_seq_len:
-            raise UserError(f"prompt of {longest} tokens + {max(max_new)} new tokens (+{n_aud} for music) "
-                            f"exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
-                            f"--max-new-tokens")
-        seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
-        mask = torch.ones_like(seq, dtype=torch.bool)
-        for b, p in enumerate(prompts):                       # left padding keeps the ends aligned
-            seq[b, longest - len(p):longest] = torch.tensor(p, device=device)
-            mask[b, :longest - len(p)] = False
-        padded = bool((~mask).any())
-        prefixes = self.prefix_inputs(B, feats or {}, present)
-        adapter_res = self.llm.adapter_residuals(prefixes)    # computed once for the whole decode
-        cache_len = decode_step.cache_len(capacity) if decode_step is not None else capacity
-        cache = KVCache.allocate(L, B, cache_len, device, prefixes.dtype) if use_cache else None
-        step = decode_step.bind(self.llm, adapter_res, cache, mask if padded else None) \
-            if decode_step is not None and use_cache else None
-
-        generated: list[list[int]] = [[] for _ in range(B)]
-        aud_hidden: list[list[torch.Tensor]] = [[] for _ in range(B)]
-        done = [False] * B
-        end, inp = longest, seq[:, :longest]
-        while True:
-            km = mask[:, :end] if padded else None
-            if step is not None and end > longest:            # one new token per row
-                logits, hidden = step(inp, end - 1)
-            elif use_cache:
-                logits, hidden = self.llm(inp, adapter_res, cache, key_mask=km, logits_for="last")
-            else:
-                logits, hidden = self.llm(seq[:, :end], adapter_res, key_mask=km, logits_for="last")
-            sampled = self._sample(logits[:, -1], temperature, top_p, generator)   # (B,)
-            # rows already done are fed a filler token (never read); eos_id may be -1, "no EOS"
-            nxt = torch.full((B,), max(eos_id, 0), dtype=torch.long)
-            for b in range(B):
-                if done[b]:
-                    continue
-                g = generated[b]
-                if g and g[-1] in aud_set:                    # inside a run: force [AUD1..7]
-                    t = g[-1] + 1
-                else:
-                    t = int(sampled[b])
-                    if t in aud_set:                          # any [AUDk] starts the run at [AUD0]
-                        t = aud0
-                    elif t == eos_id or len(g) >= max_new[b]:
-                        if not force[b]:
-                            done[b] = True
-                            continue
-                        t = aud0
-                if t in aud_set:                              # the state that predicts [AUD_k]
-                    aud_hidden[b].append(hidden[b, -1].float().clone())
-                g.append(t)
-                nxt[b] = t
-                if on_token is not None:
-                    on_token(b, t)
-                if len(aud_hidden[b]) == n_aud:
-                    done[b] = True
-            if all(done):
-                break
-            seq[:, end] = nxt.to(device)
-            end += 1
-            inp = seq[:, end - 1:end]
-
-        tokens_out = generated
-        hid = [torch.stack(h) if len(h) == n_aud else None for h in aud_hidden]
-        cond = []
-        for b in range(B):
-            if hid[b] is None:
-                cond.append(None)
-                continue
-            ids = torch.tensor(self.aud_ids, device=device)[None]
-            cond.append(self.project_music(hid[b][None].to(prefixes.dtype), ids)[0])
-        return GenerationResult(tokens_out, hid, cond)
+        prefixes = self.prefix_inputs(B, feats or {}, present)      # (B, n_adapter_layers, D)
+        dec = Decoder(self, prompts, prefixes, max_new, force, temperature, top_p, eos_id, use_cache,
+                      generator, decode_step if use_cache else None, on_token, slots)
+        tokens, aud_hidden = dec.run()
+        hid = [torch.stack(h) if len(h) == self.cfg.llama.n_aud_tokens else None for h in aud_hidden]
+        ids = torch.tensor(self.aud_ids, device=prefixes.device)[None]
+        cond = [None if h is None else self.project_music(h[None].to(prefixes.dtype), ids)[0] for h in hid]
+        return GenerationResult(tokens, hid, cond, steps=dec.steps)
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,
