@@ -153,7 +153,7 @@ def bench_cli(sizes: list[int], n: int, work: Path, layout: str = "columns", kin
 def summarise(rows: dict, n_requests: int) -> None:
     """Per B: the best round (seconds, requests/s, tokens/s) and, against B=min, the ratio of the
     best rounds and the median of the per-round ratios (each from minutes-apart runs of one round)."""
-    base = rows[min(rows)]
+    base = rows[min(k for k in rows if isinstance(k, int))]
     for row in rows.values():
         row["seconds"] = min(row["rounds_s"])
         row["requests_s"] = n_requests / row["seconds"]
@@ -189,35 +189,49 @@ def mixed_prompts(B: int, base: int, vocab: int) -> list[list[int]]:
     return [full[:base + (7 * b) % 17] for b in range(B)]
 
 
+def budgets(n: int, new: int, lengths: str) -> list[int]:
+    """New tokens per request: all `new`, or (mixed) spread from new/4 to 7/4 new, mean `new`,
+    as answers of different lengths are."""
+    if lengths == "equal" or n == 1:
+        return [new] * n
+    return [max(1, round(new * (0.25 + 1.5 * ((5 * i) % n) / (n - 1)))) for i in range(n)]
+
+
 @torch.inference_mode()
 def bench_generate(models: Models, sizes: list[int], args) -> dict:
-    """The same max(sizes) requests at every batch size, in batches of B (B=1: one at a time), so
-    every B does the same work: the same prompts, prefilled and decoded."""
+    """The same max(sizes) requests at every batch size: one `generate(slots=B)` as the batch job
+    runs them (continuous batching: a finished answer's row takes the next request), and, for
+    B > 1, fixed batches of B as before continuous batching (each runs until its longest answer
+    ends). Rows are keyed "B" and "B fixed"; ratios are against B=1."""
     n = max(sizes)
     rows, tokens = {}, {}
     for B in sizes:                                     # builds each layout's model, warms it up
         model = models.for_batch(B)
         model.generate(mixed_prompts(B, args.prompt, model.cfg.llama.vocab_size), {}, max_new_tokens=4,
                        eos_id=NO_EOS)
-    for _ in range(args.rounds):                        # every B once per round: drift hits all alike
-        for B in sizes:
+    ways = [(B, fixed) for B in sizes for fixed in ([False, True] if B > 1 and args.fixed else [False])]
+    for _ in range(args.rounds):                        # every way once per round: drift hits all alike
+        for B, fixed in ways:
             model = models.for_batch(B)
             prompts = mixed_prompts(n, args.prompt, model.cfg.llama.vocab_size)
-            out = []
+            new = budgets(n, args.new, args.lengths)
+            gens = [torch.Generator().manual_seed(i) for i in range(n)]
+            chunks = range(0, n, B) if fixed else [0]
+            size = B if fixed else n
             t0 = time.perf_counter()
-            for i in range(0, n, B):
-                chunk = prompts[i:i + B]
-                gens = [torch.Generator().manual_seed(i + b) for b in range(len(chunk))]
-                out += model.generate(chunk, {}, max_new_tokens=[args.new] * len(chunk), eos_id=NO_EOS,
-                                      generator=gens).tokens
+            out = [t for i in chunks for t in model.generate(
+                prompts[i:i + size], {}, max_new_tokens=new[i:i + size], eos_id=NO_EOS,
+                generator=gens[i:i + size], slots=None if fixed else B).tokens]
             seconds = time.perf_counter() - t0
-            row = rows.setdefault(B, {"rounds_s": [], "tokens": n * args.new,
-                                      "layout": "columns" if B == 1 else args.layout})
+            key = f"{B} fixed" if fixed else B
+            row = rows.setdefault(key, {"rounds_s": [], "tokens": sum(new),
+                                        "layout": "columns" if B == 1 else args.layout})
             row["rounds_s"].append(seconds)
-            tokens.setdefault(B, out)
+            tokens.setdefault(key, out)
     summarise(rows, n)
-    same = all(tokens[B] == tokens[sizes[0]] for B in sizes)
-    return {"requests": n, "by_batch": rows, "batched_tokens_equal_one_by_one": same}
+    same = all(t == tokens[sizes[0]] for t in tokens.values())
+    return {"requests": n, "lengths": args.lengths, "new_tokens": budgets(n, args.new, args.lengths),
+            "by_batch": rows, "batched_tokens_equal_one_by_one": same}
 
 
 @torch.inference_mode()
@@ -290,6 +304,10 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--skip", nargs="*", default=[], choices=["cli", "generate", "floor"])
+    p.add_argument("--lengths", choices=["equal", "mixed"], default="equal",
+                   help="generate(): new tokens per request all `--new`, or spread over new/4..7/4 new")
+    p.add_argument("--fixed", action="store_true",
+                   help="generate(): also fixed batches of B (as before continuous batching), beside each B")
     p.add_argument("--layout", choices=["columns", "rows", "onednn"], default="columns",
                    help="LLM weight layout for batches > 1 (inference.py --weight-layout; batch 1 on columns)")
     p.add_argument("--json", type=Path)
@@ -323,7 +341,7 @@ def main(argv=None) -> dict:
 def report(title: str, rows: dict) -> None:
     print(f"\n{title}")
     for B, r in rows.items():
-        print(f"  B={B:<3d} {r['requests_s']:8.2f} req/s {r['tokens_s']:9.1f} tok/s  x{r['x_best']:.2f} best, "
+        print(f"  B={str(B):<8s} {r['requests_s']:8.2f} req/s {r['tokens_s']:9.1f} tok/s  x{r['x_best']:.2f} best, "
               f"x{r['x_median_of_rounds']:.2f} median of rounds", flush=True)
 
 

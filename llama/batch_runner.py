@@ -1,8 +1,8 @@
 """Batched answering: many requests through one `generate()` and one decoder call.
 
 Why batch: a decode step reads every weight once whatever the batch, so B requests cost about
-one on memory-bound hardware. A window's requests that share sampling settings go through one
-`generate(slots=batch_size)`: continuous batching, so a row whose answer ended takes the next
+one on memory-bound hardware. A window's requests go through one `generate(slots=batch_size)`,
+each with its own sampling settings: continuous batching, so a row whose answer ended takes the next
 request at once instead of idling until the longest answer of its batch ends. Promise kept: a request's answer (tokens, WAV) is what it gets
 alone, up to fp32 rounding inside the batched products (see `answer_group`), and a request
 that fails (corrupt media, too long) fails alone while its batch-mates are answered.
@@ -47,19 +47,10 @@ class _Live:
     encode_s: float = 0.0
 
 
-def make_groups(items: list[tuple[int, Request]]) -> list[list[int]]:
-    """items: (position, request) -> groups of positions sharing the sampling settings
-    (temperature, top_p), each in input order; groups ordered by their first request."""
-    groups: dict[tuple, list[int]] = {}
-    for pos, req in items:
-        groups.setdefault((req.temperature, req.top_p), []).append(pos)
-    return list(groups.values())
-
-
 def answer_group(pipe, reqs: list[Request], decode_step=None,
                  music: list[PendingMusic] | None = None, slots: int | None = None) -> list[Answer | UserError]:
-    """Answer requests that share temperature and top_p in one `generate()`, `slots` rows at a
-    time (default: all at once), encoders `slots` requests per call; a UserError in a slot is
+    """Answer requests in one `generate()`, `slots` rows at a time (default: all at once), each
+    with its own sampling settings, encoders `slots` requests per call; a UserError in a slot is
     that request's failure. With a `music` list, music answers are appended to it (key = their
     index in the returned list) for `render_pending` instead of being rendered here, so that the
     decoder renders music from several batches in one call.
@@ -92,9 +83,6 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
         ids = pipe.tokenizer.encode(format_prompt(reqs[i].prompt), bos=True)
         live.append(_Live(i, reqs[i], ids, {k: v[0] for k, v in f.items()}, s))
     if live:
-        settings = {(x.req.temperature, x.req.top_p) for x in live}
-        if len(settings) > 1:
-            raise ValueError(f"one batch must share temperature and top_p, got {sorted(settings)}")
         pending = _generate(pipe, live, out, decode_step, slots)
         if music is not None:
             music.extend(pending)
@@ -105,12 +93,12 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
 
 
 def _generate(pipe, live: list[_Live], out: list, decode_step, slots: int | None) -> list[PendingMusic]:
-    first = live[0].req
     feats = {m: [x.feats.get(m) for x in live] for m in MODALITIES if any(m in x.feats for x in live)}
     t0 = time.perf_counter()
     result = pipe.model.generate(
         [x.ids for x in live], feats, max_new_tokens=[x.req.max_new_tokens for x in live],
-        temperature=first.temperature, top_p=first.top_p, eos_id=pipe.tokenizer.eos_id,
+        temperature=[x.req.temperature for x in live], top_p=[x.req.top_p for x in live],
+        eos_id=pipe.tokenizer.eos_id,
         force_music=[x.req.music for x in live],
         generator=[torch.Generator().manual_seed(x.req.seed) for x in live], decode_step=decode_step,
         slots=slots)
@@ -131,11 +119,10 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
     """Answer `todo` ((id, Request or the RequestError it failed with), input order) in batches
     and call emit(id, request, Answer | UserError) in input order.
 
-    Requests are answered in windows of `settings.window`: one continuous-batching `generate()`
-    per group of equal sampling settings; a window's answers are emitted as soon as all before
+    Requests are answered in windows of `settings.window`, one continuous-batching `generate()`
+    per window; a window's answers are emitted as soon as all before
     them are, so a kill loses at most one window of unwritten work. Music answers wait for the
-    window's last group: their audio renders then, `batch_size` rows per decoder call, whichever
-    group their text came from.
+    window's text is done: their audio renders then, `batch_size` rows per decoder call.
     """
     from .request_schema import check_against
 
@@ -156,7 +143,7 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
             items.append((pos, req))
         done = 0
         music: list[PendingMusic] = []             # batch > 1: the window's music, rendered together
-        batches = [[pos] for pos, _ in items] if settings.batch_size == 1 else make_groups(items)
+        batches = [[pos] for pos, _ in items] if settings.batch_size == 1 else [[pos for pos, _ in items]]
         for i, batch in enumerate([[]] + batches):
             if batch:
                 reqs = [window[p][1] for p in batch]

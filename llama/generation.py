@@ -25,7 +25,7 @@ class Decoder:
     """One generate call: prompts wait in a queue, `slots` rows decode them."""
 
     def __init__(self, model, prompts: list[list[int]], prefixes: torch.Tensor, max_new: list[int],
-                 force: list[bool], temperature: float, top_p: float, eos_id: int, use_cache: bool,
+                 force: list[bool], temperature: list[float], top_p: list[float], eos_id: int, use_cache: bool,
                  generator, decode_step, on_token, slots: int | None):
         L = model.cfg.llama
         self.model, self.llm, self.prompts = model, model.llm, prompts
@@ -128,10 +128,7 @@ class Decoder:
         When a row emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow in
         turn; the projector reads, for each [AUD_k], the pre-norm state that chose it."""
         rows = [self.row[s] for s in slots]
-        gen = self.generator
-        if isinstance(gen, (list, tuple)):
-            gen = [gen[n] for n in rows]
-        sampled = self.model._sample(logits, self.temperature, self.top_p, gen)   # (k,)
+        sampled = self._sample(rows, logits)                                      # (k,)
         finished = []
         for i, (s, n) in enumerate(zip(slots, rows)):
             g = self.generated[n]
@@ -158,3 +155,16 @@ class Decoder:
         for s in finished:
             self.row[s] = None
         return finished
+
+    def _sample(self, rows: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """logits (k, V) of prompts `rows` -> (k,) token ids, each prompt with its own temperature
+        and top_p (greedy at temperature 0) and, given one per prompt, its own generator."""
+        temps, tops = [self.temperature[n] for n in rows], [self.top_p[n] for n in rows]
+        gen = self.generator
+        if all(t <= 0 for t in temps):
+            return logits.argmax(-1).cpu()
+        if not isinstance(gen, (list, tuple)) and len(set(zip(temps, tops))) == 1:
+            return self.model._sample(logits, temps[0], tops[0], gen)          # one shared stream
+        return torch.cat([self.model._sample(logits[i:i + 1], temps[i], tops[i],
+                                             gen[n] if isinstance(gen, (list, tuple)) else gen)
+                          for i, n in enumerate(rows)])

@@ -137,7 +137,8 @@ class MuMuLLaMA(nn.Module):
     # ---------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], feats: dict | None = None, present: dict | None = None,
-                 max_new_tokens: int | list[int] = 128, temperature: float = 0.0, top_p: float = 0.9,
+                 max_new_tokens: int | list[int] = 128, temperature: float | list[float] = 0.0,
+                 top_p: float | list[float] = 0.9,
                  eos_id: int = 2, force_music: bool | list[bool] = False, use_cache: bool = True,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  decode_step=None, on_token=None, slots: int | None = None) -> GenerationResult:
@@ -148,7 +149,8 @@ class MuMuLLaMA(nn.Module):
         when it would stop), [AUD1..7] follow in turn. The projector reads, for each [AUD_k], the
         pre-norm state of the last position of the step that chose it (as published), so [AUD7]
         itself is never fed. use_cache=False recomputes the whole sequence per token (reference
-        for tests/benchmarks). max_new_tokens / force_music may be given per prompt, and
+        for tests/benchmarks). max_new_tokens, force_music, temperature and top_p may be given
+        per prompt, and
         `generator` as one generator per prompt: each prompt then samples from its own stream,
         once per token it chooses, so a sampled answer does not depend on its batch-mates
         (batched inference relies on this). `decode_step` (see `llama.compiled_decode`) replaces
@@ -161,7 +163,8 @@ class MuMuLLaMA(nn.Module):
         max_new = _per_row(max_new_tokens, B, "max_new_tokens")
         force = _per_row(force_music, B, "force_music")
         prefixes = self.prefix_inputs(B, feats or {}, present)      # (B, n_adapter_layers, D)
-        dec = Decoder(self, prompts, prefixes, max_new, force, temperature, top_p, eos_id, use_cache,
+        temps, tops = _per_row(temperature, B, "temperature"), _per_row(top_p, B, "top_p")
+        dec = Decoder(self, prompts, prefixes, max_new, force, temps, tops, eos_id, use_cache,
                       generator, decode_step if use_cache else None, on_token, slots)
         tokens, aud_hidden = dec.run()
         hid = [torch.stack(h) if len(h) == self.cfg.llama.n_aud_tokens else None for h in aud_hidden]

@@ -274,7 +274,7 @@ class MuMuPipeline:
         return wave, decoder.sampling_rate
 
     def answer_batch(self, requests: list, decode_step=None) -> list:
-        """Requests (llama.request_schema.Request) sharing temperature and top_p, answered in one
+        """Requests (llama.request_schema.Request), each with its own settings, answered in one
         batch: an Answer per request, or the UserError that request failed with. Each answer is
         the one `answer` gives that request alone (see llama.batch_runner.answer_group)."""
         from .batch_runner import answer_group

@@ -8,9 +8,7 @@ import pytest
 import soundfile as sf
 
 import inference
-from llama.batch_runner import make_groups
 from llama.examples import write_examples
-from llama.request_schema import Request
 
 
 @pytest.fixture(scope="module")
@@ -244,17 +242,6 @@ def test_audioldm2_batched_equals_one_by_one(cli, media, tmp_path):
     for r in one:
         a, b = wav_samples(tmp_path / "b1", r["wav"]), wav_samples(tmp_path / "b4", r["wav"])
         assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 1 and np.abs(a).max() > 100
-
-
-def test_groups_share_sampling_settings_and_keep_input_order():
-    reqs = [Request(id=str(i), prompt="x", temperature=0.5 * (i % 2), image="a.png" if i % 3 else None)
-            for i in range(11)]
-    groups = make_groups(list(enumerate(reqs)))
-    assert sorted(p for g in groups for p in g) == list(range(11))
-    assert len(groups) == 2 and groups[0][0] == 0
-    for g in groups:
-        assert g == sorted(g)
-        assert len({(reqs[p].temperature, reqs[p].top_p) for p in g}) == 1
 
 
 def test_batch_size_is_checked(cli, tmp_path):

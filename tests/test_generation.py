@@ -102,6 +102,21 @@ def test_sampled_answers_follow_their_own_generator(model):
     assert out.tokens == ref
 
 
+def test_each_prompt_samples_with_its_own_temperature(model):
+    """Greedy and sampled prompts share the rows; each answer is what it is alone."""
+    f = feats(len(PROMPTS))
+    temps = [0.0 if i % 3 == 0 else 0.5 + 0.2 * (i % 4) for i in range(len(PROMPTS))]
+    tops = [0.9 if i % 2 else 0.6 for i in range(len(PROMPTS))]
+    ref = [model.generate([PROMPTS[i]], one(f, i), max_new_tokens=MAX_NEW[i], force_music=MUSIC[i], eos_id=NO_EOS,
+                          temperature=temps[i], top_p=tops[i],
+                          generator=torch.Generator().manual_seed(i)).tokens[0] for i in range(len(PROMPTS))]
+    out = gen(model, range(len(PROMPTS)), f, slots=3, temperature=temps, top_p=tops,
+              generator=[torch.Generator().manual_seed(i) for i in range(len(PROMPTS))])
+    assert out.tokens == ref
+    greedy = gen(model, range(len(PROMPTS)), f, slots=3)
+    assert any(a != b for a, b, t in zip(out.tokens, greedy.tokens, temps) if t > 0)
+
+
 def test_full_recompute_and_compiled_step_agree_with_the_cache(model):
     f = feats(len(PROMPTS))
     cached = gen(model, range(len(PROMPTS)), f, slots=3)
