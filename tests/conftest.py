@@ -44,3 +44,16 @@ def tiny_bundle_with_melody(tiny_bundle, tmp_path_factory) -> Path:
     build_tiny_musicgen_melody(bundle / "MusicGenMelody", cond_dim=cond_dim, n_cond_tokens=n_tokens)
     (bundle / "bundle.json").write_text(json.dumps(spec | {"musicgen_melody": "MusicGenMelody"}))
     return bundle
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A random tiny MuMuLLaMA (preset "tiny") whose prefix gates are open, so media matter."""
+    from llama.config import preset
+    from llama.mumu_llama import MuMuLLaMA
+    torch.manual_seed(0)
+    m = MuMuLLaMA(preset("tiny")).eval()
+    with torch.no_grad():
+        for layer in m.llm.layers:
+            layer.attention.gate.uniform_(-1, 1)
+    return m

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from llama.compiled_decode import CompiledDecode
-from llama.config import preset
 from llama.llama import KVCache
-from llama.mumu_llama import MuMuLLaMA
 
 NO_EOS = -1
 PROMPTS = [[1, 20, 21, 22, 23], [1, 40, 41], [1, 7], [1, 9, 10, 11, 12, 13, 14], [1, 30, 31, 32],
@@ -16,16 +14,6 @@ PROMPTS = [[1, 20, 21, 22, 23], [1, 40, 41], [1, 7], [1, 9, 10, 11, 12, 13, 14],
 # with 3 slots: prompts 0 and 2 end together, so rows 0 and 2 (not side by side) refill at once
 MAX_NEW = [2, 5, 2, 7, 3, 3, 1, 4]
 MUSIC = [False, True, False, False, True, False, False, True]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = MuMuLLaMA(preset("tiny")).eval()
-    with torch.no_grad():
-        for layer in m.llm.layers:
-            layer.attention.gate.uniform_(-1, 1)
-    return m
 
 
 def feats(n, seed=0):

@@ -1,21 +1,11 @@
 import pytest
 import torch
 
-from llama.errors import UserError
 from llama.config import preset
+from llama.errors import UserError
 from llama.mumu_llama import MuMuLLaMA
 
 NO_EOS = -1     # an id never sampled, so decoding runs the full budget
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = MuMuLLaMA(preset("tiny")).eval()
-    with torch.no_grad():
-        for layer in m.llm.layers:
-            layer.attention.gate.uniform_(-1, 1)
-    return m
 
 
 def feats(batch=1, seed=0):
