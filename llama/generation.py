@@ -34,11 +34,13 @@ class Decoder:
         N = len(prompts)
         S = N if slots is None else max(1, min(slots, N))
         self.n_aud, self.aud_set, self.aud0 = L.n_aud_tokens, set(model.aud_ids), model.aud_ids[0]
-        longest = max(len(p) for p in prompts)
-        capacity = longest + max(max_new) + self.n_aud            # room for a full [AUD] run
+        # a row holds one prompt at a time from position 0: room for the largest prompt + answer
+        need = [len(p) + n + self.n_aud for p, n in zip(prompts, max_new)]   # + a full [AUD] run
+        capacity = max(need)
         if capacity > L.max_seq_len:
-            raise UserError(f"prompt of {longest} tokens + {max(max_new)} new tokens (+{self.n_aud} for music) "
-                            f"exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
+            i = need.index(capacity)
+            raise UserError(f"prompt of {len(prompts[i])} tokens + {max_new[i]} new tokens (+{self.n_aud} for "
+                            f"music) exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
                             f"--max-new-tokens")
         self.device, self.dtype = prefixes.device, prefixes.dtype
         self.res_all = self.llm.adapter_residuals(prefixes)     # per layer (N, 1, D) or None

@@ -209,6 +209,27 @@ def test_one_corrupt_file_among_eight_fails_alone(cli, media, tmp_path):
     assert all(r["answer"] == alone for i, r in enumerate(recs) if i != 5)
 
 
+def test_a_long_prompt_beside_a_long_answer_is_answered(cli, tiny_bundle, tmp_path):
+    """Each fits the context alone; a batch sized for the longest prompt plus the largest budget
+    would not (the job used to stop on that with a context error)."""
+    from llama.pipeline import BundlePaths, MuMuPipeline
+    from llama.tokenizer import format_prompt
+    pipe = MuMuPipeline.load(BundlePaths.from_bundle(tiny_bundle))
+    ctx, n_aud = pipe.model.cfg.llama.max_seq_len, pipe.model.cfg.llama.n_aud_tokens
+    size = lambda text: len(pipe.tokenizer.encode(format_prompt(text), bos=True))
+    words = 1
+    while size("la " * (words + 1)) + 2 + n_aud <= ctx:
+        words += 1
+    long_prompt, short = "la " * words, "Hi."
+    reqs = [{"id": "long-prompt", "prompt": long_prompt, "max_new_tokens": 2},
+            {"id": "long-answer", "prompt": short, "max_new_tokens": ctx - size(short) - n_aud}]
+    assert size(long_prompt) + reqs[1]["max_new_tokens"] + n_aud > ctx
+    rc, _, err = cli("--input", write_jsonl(tmp_path / "r.jsonl", reqs), "--output-dir", tmp_path / "o",
+                     "--batch-size", 2)
+    assert rc == 0, err
+    assert [r["error"] for r in results(tmp_path / "o")] == [None, None]
+
+
 def results_of_one(cli, tmp_path, media, req) -> str:
     rc, _, _ = cli("--input", write_jsonl(tmp_path / "alone.jsonl", [req]), "--output-dir", tmp_path / "alone")
     assert rc == 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llama.compiled_decode import CompiledDecode
+from llama.errors import UserError
 from llama.llama import KVCache
 
 NO_EOS = -1
@@ -78,6 +79,17 @@ def test_refilling_takes_fewer_forward_passes_than_fixed_batches(model):
              for a in range(0, n, slots)]
     assert cont.tokens == [t for r in fixed for t in r.tokens]
     assert cont.steps < sum(r.steps for r in fixed) * 0.75
+
+
+def test_a_long_prompt_and_a_long_answer_share_the_rows(model):
+    """Each fits the context alone; together they would not if rows were aligned (left padding)."""
+    ctx = model.cfg.llama.max_seq_len
+    prompts, budget = [[1] + [5] * (ctx - 20), [1, 6]], [4, ctx - 20]
+    out = model.generate(prompts, max_new_tokens=budget, eos_id=NO_EOS, slots=2)
+    for i in range(2):
+        assert out.tokens[i] == model.generate([prompts[i]], max_new_tokens=budget[i], eos_id=NO_EOS).tokens[0]
+    with pytest.raises(UserError, match=f"prompt of {ctx - 19} tokens"):
+        model.generate([[1, 6], prompts[0]], max_new_tokens=[4, 20], eos_id=NO_EOS)
 
 
 def test_sampled_answers_follow_their_own_generator(model):
