@@ -19,7 +19,7 @@ from .batch_music import PendingMusic, render_pending
 from .errors import UserError
 from .mumu_llama import MODALITIES
 from .pipeline import Answer, check_answer_settings
-from .request_schema import Request
+from .request_schema import Request, check_against
 from .tokenizer import format_prompt
 
 
@@ -67,6 +67,7 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
     for i, req in enumerate(reqs):
         try:
             check_answer_settings(req.prompt, req.music, req.duration)
+            check_against(pipe, req)              # fits the context alone, music fits the decoder
             checked.append(i)
         except UserError as e:
             out[i] = e
@@ -87,7 +88,7 @@ def answer_group(pipe, reqs: list[Request], decode_step=None,
         if music is not None:
             music.extend(pending)
         else:
-            for key, err in render_pending(pipe, pending, max(1, len(pending))).items():
+            for key, err in render_pending(pipe, pending, slots or max(1, len(pending))).items():
                 out[key] = err
     return out
 
@@ -124,8 +125,6 @@ def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettin
     them are, so a kill loses at most one window of unwritten work. Music answers wait for the
     window's text is done: their audio renders then, `batch_size` rows per decoder call.
     """
-    from .request_schema import check_against
-
     for start in range(0, len(todo), settings.window):
         window = todo[start:start + settings.window]
         results: dict[int, object] = {}

@@ -273,12 +273,15 @@ class MuMuPipeline:
                             progress=progress, edit_strength=edit_strength, **kwargs)
         return wave, decoder.sampling_rate
 
-    def answer_batch(self, requests: list, decode_step=None) -> list:
-        """Requests (llama.request_schema.Request), each with its own settings, answered in one
-        batch: an Answer per request, or the UserError that request failed with. Each answer is
-        the one `answer` gives that request alone (see llama.batch_runner.answer_group)."""
+    def answer_batch(self, requests: list, batch_size: int | None = None, decode_step=None) -> list:
+        """Requests (llama.request_schema.Request), each with its own settings, answered together,
+        `batch_size` at a time (continuous batching; default: all at once): an Answer per request,
+        in order, or the UserError that request failed with. Each answer is the one `answer`
+        gives that request alone (see llama.batch_runner.answer_group)."""
         from .batch_runner import answer_group
-        return answer_group(self, requests, decode_step)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        return answer_group(self, requests, decode_step, slots=batch_size)
 
 
 def check_answer_settings(prompt, music: bool, duration) -> None:

@@ -230,6 +230,27 @@ def test_a_long_prompt_beside_a_long_answer_is_answered(cli, tiny_bundle, tmp_pa
     assert [r["error"] for r in results(tmp_path / "o")] == [None, None]
 
 
+def test_answer_batch_from_python_equals_answer_alone(tiny_bundle, media):
+    from llama.errors import UserError
+    from llama.pipeline import BundlePaths, MuMuPipeline
+    from llama.request_schema import Request
+    pipe = MuMuPipeline.load(BundlePaths.from_bundle(tiny_bundle))
+    kinds = [{"image": str(media / "image.png")}, {}, {"audio": str(media / "melody.wav")},
+             {"video": str(media / "video.mp4")}, {}]
+    reqs = [Request(id=f"p{i}", prompt="Describe it." + " Again." * i, max_new_tokens=2 + 2 * i, seed=i,
+                    music=i == 1, duration=0.2, temperature=0.7 if i == 3 else 0.0, **kinds[i]) for i in range(5)]
+    reqs.insert(2, Request(id="too-long", prompt="la " * 4 * pipe.model.cfg.llama.max_seq_len))
+    out = pipe.answer_batch(reqs, batch_size=2)
+    assert isinstance(out[2], UserError) and "context" in str(out[2])
+    for req, got in zip(reqs[:2] + reqs[3:], out[:2] + out[3:]):
+        alone = pipe.answer(req.prompt, **req.media(), **req.gen_kwargs(), **req.edit_kwargs())
+        assert got.tokens == alone.tokens and got.text == alone.text
+        assert (got.audio is None) == (alone.audio is None)
+        if alone.audio is not None:
+            assert np.array_equal(got.audio, alone.audio)
+    assert out[1].audio is not None
+
+
 def results_of_one(cli, tmp_path, media, req) -> str:
     rc, _, _ = cli("--input", write_jsonl(tmp_path / "alone.jsonl", [req]), "--output-dir", tmp_path / "alone")
     assert rc == 0
