@@ -101,7 +101,7 @@ class Decoder:
             logits, hidden = self.llm(tokens, res, part, logits_for=last)
             for whole, new in zip(self.cache.keys + self.cache.values, part.keys + part.values):
                 whole[idx, :, :longest] = new
-        return logits[:, 0], hidden[torch.arange(len(slots)), last]
+        return logits[:, 0], hidden[torch.arange(len(slots), device=self.device), last]
 
     def _decode(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row at its own position -> logits (S, V), hidden (S, D). Rows without a
@@ -113,7 +113,7 @@ class Decoder:
         self.steps += 1
         if self.cache is None:                    # reference: the whole sequence again
             logits, hidden = self.llm(self.seq[:, :max(positions) + 1], self.res, logits_for=pos)
-            hidden = hidden[torch.arange(S), pos][:, None]
+            hidden = hidden[torch.arange(S, device=self.device), pos][:, None]
         elif self.step is not None:
             logits, hidden = self.step(tokens, pos)
         else:
