@@ -1,11 +1,12 @@
-"""Batched answering: many requests through one `generate()` and one decoder call.
+"""Batched answering: many requests through one continuous-batching decoder and few music calls.
 
 Why batch: a decode step reads every weight once whatever the batch, so B requests cost about
-one on memory-bound hardware. A window's requests go through one `generate(slots=batch_size)`,
-each with its own sampling settings: continuous batching, so a row whose answer ended takes the next
-request at once instead of idling until the longest answer of its batch ends. Promise kept: a request's answer (tokens, WAV) is what it gets
-alone, up to fp32 rounding inside the batched products (see `answer_group`), and a request
-that fails (corrupt media, too long) fails alone while its batch-mates are answered.
+one on memory-bound hardware. `answer_group` (the Python API, `MuMuPipeline.answer_batch`) runs a
+list of requests through one `generate(slots=B)`; the batch job (`run_in_order`) feeds one
+decoder across the whole file (`llama.batch_stream`). Each request keeps its own sampling
+settings. Promise kept: a request's answer (tokens, WAV) is what it gets alone, up to fp32
+rounding inside the batched products (see `answer_group`), and a request that fails (corrupt
+media, too long) fails alone while its batch-mates are answered.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from .tokenizer import format_prompt
 
 @dataclass
 class BatchSettings:
-    """How requests are grouped. `window` requests (in input order) are answered at a time, so
-    results can be written in input order without holding the whole file; `batch_size` rows
-    decode at once (and each encoder and decoder call takes up to that many)."""
+    """`batch_size` rows decode at once (and each encoder and music call takes up to that many);
+    at most `window` requests are taken ahead of the first unwritten one, so results are written
+    in input order without holding the whole file."""
 
     batch_size: int = 1
     window_batches: int = 4
@@ -117,54 +118,29 @@ def _generate(pipe, live: list[_Live], out: list, decode_step, slots: int | None
 
 
 def run_in_order(todo: list[tuple[str, object]], get_pipe, settings: BatchSettings, emit, progress=None) -> None:
-    """Answer `todo` ((id, Request or the RequestError it failed with), input order) in batches
-    and call emit(id, request, Answer | UserError) in input order.
+    """Answer `todo` ((id, Request or the RequestError it failed with), input order) and call
+    emit(id, request, Answer | UserError) in input order, each as soon as all before it are.
 
-    Requests are answered in windows of `settings.window`, one continuous-batching `generate()`
-    per window; a window's answers are emitted as soon as all before
-    them are, so a kill loses at most one window of unwritten work. Music answers wait for the
-    window's text is done: their audio renders then, `batch_size` rows per decoder call.
+    Batch size 1 answers one request at a time through `pipe.answer`; larger batches go through
+    one continuous-batching decoder fed across the whole job (`llama.batch_stream`), at most
+    `settings.window` requests ahead of the first unwritten one, so a kill loses at most that.
     """
-    for start in range(0, len(todo), settings.window):
-        window = todo[start:start + settings.window]
-        results: dict[int, object] = {}
-        items = []
-        for pos, (_, req) in enumerate(window):
-            if isinstance(req, Exception):
-                results[pos] = req
-                continue
-            pipe = get_pipe()
+    from .batch_stream import BatchStream
+
+    if settings.batch_size > 1:
+        BatchStream(todo, get_pipe, settings, emit, progress).run()
+        return
+    for rid, req in todo:
+        res = req
+        if not isinstance(req, Exception):
             try:
-                check_against(pipe, req)
+                check_against(get_pipe(), req)
+                res = _answer_alone(get_pipe(), req, settings.decode_step)[0]
             except UserError as e:
-                results[pos] = e
-                continue
-            items.append((pos, req))
-        done = 0
-        music: list[PendingMusic] = []             # batch > 1: the window's music, rendered together
-        batches = [[pos] for pos, _ in items] if settings.batch_size == 1 else [[pos for pos, _ in items]]
-        for i, batch in enumerate([[]] + batches):
-            if batch:
-                reqs = [window[p][1] for p in batch]
-                if settings.batch_size == 1:
-                    answers = _answer_alone(get_pipe(), reqs[0], settings.decode_step)
-                else:
-                    start = len(music)
-                    answers = answer_group(get_pipe(), reqs, settings.decode_step, music=music,
-                                           slots=settings.batch_size)
-                    for m in music[start:]:
-                        m.key = batch[m.key]                 # index in the group -> window position
-                results.update(zip(batch, answers))
-            if music and i == len(batches):        # the window's last batch: render its music
-                results.update(render_pending(get_pipe(), music, settings.batch_size))
-                music = []
-            held = {m.key for m in music}
-            while done in results and done not in held:     # the longest finished prefix, in order
-                rid, req = window[done]
-                emit(rid, req, results.pop(done))
-                done += 1
-                if progress is not None:
-                    progress.update(1)
+                res = e
+        emit(rid, req, res)
+        if progress is not None:
+            progress.update(1)
 
 
 def _answer_alone(pipe, req: Request, decode_step) -> list:

@@ -13,7 +13,9 @@ one per prompt), drawn once per decision, exactly as alone.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,75 +23,112 @@ from .errors import UserError
 from .llama import KVCache
 
 
-class Decoder:
-    """One generate call: prompts wait in a queue, `slots` rows decode them."""
+@dataclass
+class Prompt:
+    """One prompt and its settings; the decoder fills `tokens` and `aud_hidden`."""
 
-    def __init__(self, model, prompts: list[list[int]], prefixes: torch.Tensor, max_new: list[int],
-                 force: list[bool], temperature: list[float], top_p: list[float], eos_id: int, use_cache: bool,
-                 generator, decode_step, on_token, slots: int | None):
+    ids: list[int]
+    residuals: list                        # per layer (1, 1, D) adapter residual, or None
+    max_new: int
+    force_music: bool = False
+    temperature: float = 0.0
+    top_p: float = 0.9
+    generator: torch.Generator | None = None
+    tokens: list[int] = field(default_factory=list)
+    aud_hidden: list[torch.Tensor] = field(default_factory=list)
+    key: object = None                     # the caller's name for it (on_token gets it)
+    started_s: float = 0.0                 # perf_counter at admission and at the end
+    finished_s: float = 0.0
+
+
+def room(ids_lengths: list[int], max_new: list[int], n_aud: int, context: int) -> int:
+    """Cache positions a row needs: the largest prompt + answer (+ a full [AUD] run); a UserError
+    naming the first prompt that does not fit the context."""
+    need = [n + m + n_aud for n, m in zip(ids_lengths, max_new)]
+    for n, m, total in zip(ids_lengths, max_new, need):
+        if total > context:
+            raise UserError(f"prompt of {n} tokens + {m} new tokens (+{n_aud} for music) exceeds the context "
+                            f"of {context} tokens; shorten the prompt or lower --max-new-tokens")
+    return max(need)
+
+
+class Decoder:
+    """`slots` rows decoding the prompts submitted to it, in submission order; more may be
+    submitted while it runs (the batch job keeps it fed across windows)."""
+
+    def __init__(self, model, slots: int, capacity: int, eos_id: int, device, dtype, use_cache: bool = True,
+                 decode_step=None, on_token=None):
         L = model.cfg.llama
-        self.model, self.llm, self.prompts = model, model.llm, prompts
-        self.max_new, self.force, self.eos_id = max_new, force, eos_id
-        self.temperature, self.top_p, self.generator, self.on_token = temperature, top_p, generator, on_token
-        N = len(prompts)
-        S = N if slots is None else max(1, min(slots, N))
+        self.model, self.llm, self.eos_id, self.on_token = model, model.llm, eos_id, on_token
         self.n_aud, self.aud_set, self.aud0 = L.n_aud_tokens, set(model.aud_ids), model.aud_ids[0]
-        # a row holds one prompt at a time from position 0: room for the largest prompt + answer
-        need = [len(p) + n + self.n_aud for p, n in zip(prompts, max_new)]   # + a full [AUD] run
-        capacity = max(need)
-        if capacity > L.max_seq_len:
-            i = need.index(capacity)
-            raise UserError(f"prompt of {len(prompts[i])} tokens + {max_new[i]} new tokens (+{self.n_aud} for "
-                            f"music) exceeds the context of {L.max_seq_len} tokens; shorten the prompt or lower "
-                            f"--max-new-tokens")
-        self.device, self.dtype = prefixes.device, prefixes.dtype
-        self.res_all = self.llm.adapter_residuals(prefixes)     # per layer (N, 1, D) or None
-        # each row's residuals, overwritten in place when a row takes a new prompt
-        self.res = [r[:S].clone() if r is not None else None for r in self.res_all]
-        self.seq = torch.zeros(S, capacity, dtype=torch.long, device=self.device)
+        self.device, self.dtype, self.capacity = device, dtype, capacity
+        S = max(1, slots)
+        # each row's adapter residuals, overwritten in place when a row takes a new prompt
+        first = self.llm.first_adapter_layer
+        self.res = [torch.zeros(S, 1, L.dim, device=device, dtype=dtype) if i >= first else None
+                    for i in range(L.n_layers)]
+        self.seq = torch.zeros(S, capacity, dtype=torch.long, device=device)
         self.filled = [0] * S                                   # positions in the cache per row
-        self.row: list[int | None] = [None] * S                 # prompt index per row
+        self.row: list[Prompt | None] = [None] * S
+        self.waiting: deque[Prompt] = deque()
         self.cache = None
-        self.step = None
+        self.step_fn = None
         if use_cache:
             cache_len = decode_step.cache_len(capacity) if decode_step is not None else capacity
-            self.cache = KVCache.allocate(L, S, cache_len, self.device, self.dtype)
+            self.cache = KVCache.allocate(L, S, cache_len, device, dtype)
             if decode_step is not None:
-                self.step = decode_step.bind(self.llm, self.res, self.cache)
-        self.generated: list[list[int]] = [[] for _ in range(N)]
-        self.aud_hidden: list[list[torch.Tensor]] = [[] for _ in range(N)]
+                self.step_fn = decode_step.bind(self.llm, self.res, self.cache)
         self.steps = 0                                          # forward calls, prefills included
 
-    def run(self) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
-        free, queue = deque(range(len(self.row))), deque(range(len(self.prompts)))
-        while True:
-            while free and queue:                               # fill every free row
-                taken = [(free.popleft(), queue.popleft()) for _ in range(min(len(free), len(queue)))]
-                slots = [s for s, _ in taken]
-                logits, hidden = self._prefill(taken)
-                free.extend(self._decide(slots, logits, hidden))
-            active = [s for s in range(len(self.row)) if self.row[s] is not None]
-            if not active:
-                return self.generated, self.aud_hidden
+    def prompts(self, ids: list[list[int]], prefixes: torch.Tensor, max_new: list[int], force: list[bool],
+                temperature: list[float], top_p: list[float], generators: list) -> list[Prompt]:
+        """Prompt records for `submit`: prefixes (k, n_adapter_layers, D) -> per-prompt residuals."""
+        res = self.llm.adapter_residuals(prefixes)               # per layer (k, 1, D) or None
+        return [Prompt(p, [r[i:i + 1] if r is not None else None for r in res], max_new[i], force[i],
+                       temperature[i], top_p[i], generators[i], key=i) for i, p in enumerate(ids)]
+
+    def submit(self, prompts: list[Prompt]) -> None:
+        for p in prompts:
+            if len(p.ids) + p.max_new + self.n_aud > self.capacity:
+                raise ValueError(f"a prompt needs {len(p.ids) + p.max_new + self.n_aud} positions; "
+                                 f"this decoder has {self.capacity}")
+        self.waiting.extend(prompts)
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self.row)
+
+    def step(self) -> list[Prompt]:
+        """Fill free rows from the waiting prompts, then decode one token per row; -> the prompts
+        that finished (their `tokens` and `aud_hidden` complete)."""
+        done: list[Prompt] = []
+        while self.waiting and None in self.row:                # fill every free row
+            free = [s for s, r in enumerate(self.row) if r is None]
+            taken = [(s, self.waiting.popleft()) for s in free[:len(self.waiting)]]
+            logits, hidden = self._prefill(taken)
+            done += self._decide([s for s, _ in taken], logits, hidden)
+        active = [s for s, r in enumerate(self.row) if r is not None]
+        if active:
             logits, hidden = self._decode()
-            free.extend(self._decide(active, logits[active], hidden[active]))
+            done += self._decide(active, logits[active], hidden[active])
+        return done
 
     # ------------------------------------------------------------------ forward passes
-    def _prefill(self, taken: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefill(self, taken: list[tuple[int, Prompt]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts into rows, right-padded: -> logits (k, V), hidden (k, D) at each prompt's end."""
         slots = [s for s, _ in taken]
-        lengths = [len(self.prompts[n]) for _, n in taken]
+        lengths = [len(p.ids) for _, p in taken]
         longest = max(lengths)
         idx = torch.tensor(slots, device=self.device)
-        rows = torch.tensor([n for _, n in taken], device=self.device)
-        for r, r_all in zip(self.res, self.res_all):
+        res = [None if r is None else torch.cat([p.residuals[i] for _, p in taken]) for i, r in enumerate(self.res)]
+        for r, new in zip(self.res, res):
             if r is not None:
-                r[idx] = r_all[rows]
-        for (s, n), length in zip(taken, lengths):
-            self.row[s], self.filled[s] = n, length
-            self.seq[s, :length] = torch.tensor(self.prompts[n], device=self.device)
+                r[idx] = new                                                 # (k, 1, D)
+        now = time.perf_counter()
+        for (s, p), length in zip(taken, lengths):
+            self.row[s], self.filled[s], p.started_s = p, length, now
+            self.seq[s, :length] = torch.tensor(p.ids, device=self.device)
         tokens = self.seq[idx, :longest]                                     # (k, longest)
-        res = [r_all[rows] if r_all is not None else None for r_all in self.res_all]
         last = torch.tensor(lengths, device=self.device) - 1
         self.steps += 1
         if self.cache is None:
@@ -114,8 +153,8 @@ class Decoder:
         if self.cache is None:                    # reference: the whole sequence again
             logits, hidden = self.llm(self.seq[:, :max(positions) + 1], self.res, logits_for=pos)
             hidden = hidden[torch.arange(S, device=self.device), pos][:, None]
-        elif self.step is not None:
-            logits, hidden = self.step(tokens, pos)
+        elif self.step_fn is not None:
+            logits, hidden = self.step_fn(tokens, pos)
         else:
             logits, hidden = self.llm(tokens, self.res, self.cache, logits_for="last", positions=positions)
         for s in range(S):
@@ -124,8 +163,8 @@ class Decoder:
         return logits[:, -1], hidden[:, -1]
 
     # ------------------------------------------------------------------ token choice
-    def _decide(self, slots: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> list[int]:
-        """Choose each row's next token; returns the rows whose prompt is finished (now free).
+    def _decide(self, slots: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> list[Prompt]:
+        """Choose each row's next token; returns the prompts that finished (their rows now free).
 
         When a row emits [AUD0] (or, with force_music, when it would stop), [AUD1..7] follow in
         turn; the projector reads, for each [AUD_k], the pre-norm state that chose it."""
@@ -133,40 +172,42 @@ class Decoder:
         sampled = self._sample(rows, logits)                                      # (k,)
         finished = []
         for i, (s, n) in enumerate(zip(slots, rows)):
-            g = self.generated[n]
+            g = n.tokens
             if g and g[-1] in self.aud_set:                   # inside a run: force [AUD1..7]
                 t = g[-1] + 1
             else:
                 t = int(sampled[i])
                 if t in self.aud_set:                         # any [AUDk] starts the run at [AUD0]
                     t = self.aud0
-                elif t == self.eos_id or len(g) >= self.max_new[n]:
-                    if not self.force[n]:
+                elif t == self.eos_id or len(g) >= n.max_new:
+                    if not n.force_music:
                         finished.append(s)
                         continue
                     t = self.aud0
             if t in self.aud_set:
-                self.aud_hidden[n].append(hidden[i].float().clone())
+                n.aud_hidden.append(hidden[i].float().clone())
             g.append(t)
             if self.on_token is not None:
-                self.on_token(n, t)
-            if len(self.aud_hidden[n]) == self.n_aud:
+                self.on_token(n.key, t)
+            if len(n.aud_hidden) == self.n_aud:
                 finished.append(s)
                 continue
             self.seq[s, self.filled[s]] = t                   # fed at the next step
+        done, now = [], time.perf_counter()
         for s in finished:
+            done.append(self.row[s])
             self.row[s] = None
-        return finished
+            done[-1].finished_s = now
+        return done
 
-    def _sample(self, rows: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """logits (k, V) of prompts `rows` -> (k,) token ids, each prompt with its own temperature
-        and top_p (greedy at temperature 0) and, given one per prompt, its own generator."""
-        temps, tops = [self.temperature[n] for n in rows], [self.top_p[n] for n in rows]
-        gen = self.generator
-        if all(t <= 0 for t in temps):
+    def _sample(self, rows: list[Prompt], logits: torch.Tensor) -> torch.Tensor:
+        """logits (k, V) of `rows` -> (k,) token ids, each prompt with its own temperature and
+        top_p (greedy at temperature 0) and its own generator (or one shared by all)."""
+        if all(p.temperature <= 0 for p in rows):
             return logits.argmax(-1).cpu()
-        if not isinstance(gen, (list, tuple)) and len(set(zip(temps, tops))) == 1:
-            return self.model._sample(logits, temps[0], tops[0], gen)          # one shared stream
-        return torch.cat([self.model._sample(logits[i:i + 1], temps[i], tops[i],
-                                             gen[n] if isinstance(gen, (list, tuple)) else gen)
-                          for i, n in enumerate(rows)])
+        first = rows[0]
+        if all((p.temperature, p.top_p, p.generator) == (first.temperature, first.top_p, first.generator)
+               for p in rows):                                                   # one shared stream
+            return self.model._sample(logits, first.temperature, first.top_p, first.generator)
+        return torch.cat([self.model._sample(logits[i:i + 1], p.temperature, p.top_p, p.generator)
+                          for i, p in enumerate(rows)])

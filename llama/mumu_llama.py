@@ -157,20 +157,30 @@ class MuMuLLaMA(nn.Module):
         the cached one-token step, e.g. by a compiled one. `on_token(prompt_index, token_id)` is
         called for every token as it is chosen (streaming); it only observes.
         """
-        from .generation import Decoder
+        from .generation import Decoder, room
 
-        B = len(prompts)
+        B, L = len(prompts), self.cfg.llama
         max_new = _per_row(max_new_tokens, B, "max_new_tokens")
-        force = _per_row(force_music, B, "force_music")
+        gens = generator if isinstance(generator, (list, tuple)) else [generator] * B
         prefixes = self.prefix_inputs(B, feats or {}, present)      # (B, n_adapter_layers, D)
-        temps, tops = _per_row(temperature, B, "temperature"), _per_row(top_p, B, "top_p")
-        dec = Decoder(self, prompts, prefixes, max_new, force, temps, tops, eos_id, use_cache,
-                      generator, decode_step if use_cache else None, on_token, slots)
-        tokens, aud_hidden = dec.run()
-        hid = [torch.stack(h) if len(h) == self.cfg.llama.n_aud_tokens else None for h in aud_hidden]
-        ids = torch.tensor(self.aud_ids, device=prefixes.device)[None]
-        cond = [None if h is None else self.project_music(h[None].to(prefixes.dtype), ids)[0] for h in hid]
-        return GenerationResult(tokens, hid, cond, steps=dec.steps)
+        capacity = room([len(p) for p in prompts], max_new, L.n_aud_tokens, L.max_seq_len)
+        dec = Decoder(self, min(slots or B, B), capacity, eos_id, prefixes.device, prefixes.dtype, use_cache,
+                      decode_step if use_cache else None, on_token)
+        rows = dec.prompts(prompts, prefixes, max_new, _per_row(force_music, B, "force_music"),
+                           _per_row(temperature, B, "temperature"), _per_row(top_p, B, "top_p"),
+                           _per_row(gens, B, "generator"))
+        dec.submit(rows)
+        while dec.waiting or dec.running:
+            dec.step()
+        hid = [torch.stack(r.aud_hidden) if len(r.aud_hidden) == L.n_aud_tokens else None for r in rows]
+        return GenerationResult([r.tokens for r in rows], hid, [self.music_cond(h) for h in hid], steps=dec.steps)
+
+    def music_cond(self, aud_hidden: torch.Tensor | None) -> torch.Tensor | None:
+        """(n_aud, D) states that chose [AUD0..7] -> the projector output (n_queries, out_dim)."""
+        if aud_hidden is None:
+            return None
+        ids = torch.tensor(self.aud_ids, device=aud_hidden.device)[None]
+        return self.project_music(aud_hidden[None].to(self.prefix_query.weight.dtype), ids)[0]
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_p: float,

@@ -103,6 +103,28 @@ def test_batched_equals_one_by_one_on_twenty_mixed_requests(cli, media, tmp_path
     assert rc == 0 and results(tmp_path / "onednn") == one
 
 
+def test_one_decoder_serves_the_whole_job_across_windows(cli, media, tmp_path, monkeypatch):
+    """Batch size 2: windows of 8 requests, yet one decoder takes all 20 in turn (no row waits for
+    a window to end), and every answer and WAV is still the one-by-one one."""
+    from llama import generation
+    reqs = write_jsonl(tmp_path / "r.jsonl", mixed_requests(media))
+    assert cli("--input", reqs, "--output-dir", tmp_path / "one", "--batch-size", 1)[0] == 0
+    made, real_init = [], generation.Decoder.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(generation.Decoder, "__init__", init)
+    assert cli("--input", reqs, "--output-dir", tmp_path / "two", "--batch-size", 2)[0] == 0
+    assert len(made) == 1 and len(made[0].row) == 2
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    assert two == one
+    for r in one:
+        if r["wav"]:
+            assert np.array_equal(wav_samples(tmp_path / "two", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
+
+
 def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, tiny_pipes):
     """Music requests spread over batches render together after the window's last batch, at most
     batch-size rows per decoder call, and each WAV is still the one it gets alone. Here 3 batches
