@@ -36,6 +36,7 @@ class BatchStream:
         self.written = 0                              # requests emitted
         self.decoder: Decoder | None = None
 
+    @torch.inference_mode()
     def run(self) -> None:
         while self.written < len(self.todo):
             while self.taken < len(self.todo) and self._wants_more():
@@ -50,6 +51,7 @@ class BatchStream:
 
     # ------------------------------------------------------------------ intake
     def _wants_more(self) -> bool:
+        """Take more when fewer than B wait, unless `window` requests are already taken ahead."""
         ahead = self.taken - self.written < self.settings.window
         return ahead and (self.decoder is None or len(self.decoder.waiting) < self.B)
 
@@ -87,12 +89,11 @@ class BatchStream:
         if self.decoder is None:
             self.decoder = self._decoder(pipe)
         feats = {m: [f.get(m) for _, _, f, _ in ok] for m in MODALITIES if any(m in f for _, _, f, _ in ok)}
-        with torch.inference_mode():
-            prefixes = pipe.model.prefix_inputs(len(ok), feats)
-            prompts = self.decoder.prompts(
-                ids, prefixes, [r.max_new_tokens for r in reqs], [r.music for r in reqs],
-                [r.temperature for r in reqs], [r.top_p for r in reqs],
-                [torch.Generator().manual_seed(r.seed) for r in reqs])
+        prefixes = pipe.model.prefix_inputs(len(ok), feats)
+        prompts = self.decoder.prompts(
+            ids, prefixes, [r.max_new_tokens for r in reqs], [r.music for r in reqs],
+            [r.temperature for r in reqs], [r.top_p for r in reqs],
+            [torch.Generator().manual_seed(r.seed) for r in reqs])
         for p, (i, _, _, s) in zip(prompts, ok):
             p.key = (i, s)                                   # todo index, seconds encoding it
         self.decoder.submit(prompts)
@@ -124,8 +125,7 @@ class BatchStream:
                        "new_tokens": len(p.tokens), "batch_size": self.B}
         self.results[i] = ans
         if len(p.aud_hidden) == pipe.model.cfg.llama.n_aud_tokens:
-            with torch.inference_mode():
-                cond = pipe.model.music_cond(torch.stack(p.aud_hidden)) / pipe.model.cfg.bridge_scale
+            cond = pipe.model.music_cond(torch.stack(p.aud_hidden)) / pipe.model.cfg.bridge_scale
             self.music.append(PendingMusic(i, ans, cond, req.duration, req.guidance_scale, req.seed, req.audio,
                                            req.edit_kwargs()))
 
@@ -135,7 +135,8 @@ class BatchStream:
         kind (plain or edit mode, duration, guidance) that has a decoder call's worth, B rows."""
         dec = self.decoder
         idle = dec is None or not (dec.waiting or dec.running)
-        blocked = self.written in {m.key for m in self.music} and not self._wants_more()
+        full = self.taken - self.written >= self.settings.window      # no request may be taken
+        blocked = full and self.written in {m.key for m in self.music}
         if idle or blocked:
             return self.music
         kinds: dict[tuple, list[PendingMusic]] = {}

@@ -157,6 +157,29 @@ def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, ti
         assert np.array_equal(wav_samples(tmp_path / "four", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
 
 
+def test_music_renders_in_full_decoder_calls_while_text_decodes(cli, media, tmp_path, tiny_pipes):
+    """16 music answers at batch size 4: four decoder calls of 4 rows, not one per finished answer
+    (music waits for a decoder call's worth unless the first unwritten answer is stuck behind it)."""
+    reqs = [{"id": f"m{i}", "prompt": "Write a calm piano piece." + " Now." * (i % 3), "max_new_tokens": 1 + i % 5,
+             "seed": i, "music": True, "duration": 0.2} for i in range(16)]
+    path = write_jsonl(tmp_path / "m.jsonl", reqs)
+    assert cli("--input", path, "--output-dir", tmp_path / "warm", "--batch-size", 4)[0] == 0   # loads it
+    dec = tiny_pipes[("musicgen", "columns")].decoder()
+    real, calls = dec.render_projected, []
+
+    def spy(cond, *a, **k):
+        calls.append(cond.shape[0])
+        return real(cond, *a, **k)
+
+    dec.render_projected = spy
+    try:
+        assert cli("--input", path, "--output-dir", tmp_path / "four", "--batch-size", 4)[0] == 0
+    finally:
+        del dec.render_projected
+    assert calls == [4, 4, 4, 4]
+    assert results(tmp_path / "four") == results(tmp_path / "warm")
+
+
 def test_edits_in_a_batch_follow_their_source_as_alone(cli, media, tmp_path, tiny_pipes):
     """Music asked with an audio input is an edit (--edit-mode, or "edit_mode" per request): in a
     batch it renders from its own source exactly as alone (`auto`: MusicGen continues the source
