@@ -125,6 +125,23 @@ def test_one_decoder_serves_the_whole_job_across_windows(cli, media, tmp_path, m
             assert np.array_equal(wav_samples(tmp_path / "two", r["wav"]), wav_samples(tmp_path / "one", r["wav"]))
 
 
+def music_calls(cli, tiny_pipes, path: Path, out: Path, batch_size: int) -> list[int]:
+    """Run the batch job with MusicGen loaded already; -> rows of each music-decoder call."""
+    dec = tiny_pipes[("musicgen", "columns")].decoder()
+    real, calls = dec.render_projected, []
+
+    def spy(cond, *a, **k):
+        calls.append(cond.shape[0])
+        return real(cond, *a, **k)
+
+    dec.render_projected = spy
+    try:
+        assert cli("--input", path, "--output-dir", out, "--batch-size", batch_size)[0] == 0
+    finally:
+        del dec.render_projected
+    return calls
+
+
 def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, tiny_pipes):
     """Music requests spread over batches render together after the window's last batch, at most
     batch-size rows per decoder call, and each WAV is still the one it gets alone. Here 3 batches
@@ -136,18 +153,7 @@ def test_music_of_a_window_renders_in_few_decoder_calls(cli, media, tmp_path, ti
     path = write_jsonl(tmp_path / "m.jsonl", reqs)
     assert cli("--input", path, "--output-dir", tmp_path / "one", "--batch-size", 1)[0] == 0
     assert cli("--input", path, "--output-dir", tmp_path / "warm", "--batch-size", 4)[0] == 0   # loads it
-    dec = tiny_pipes[("musicgen", "columns")].decoder()
-    real, calls = dec.render_projected, []
-
-    def spy(cond, *a, **k):
-        calls.append(cond.shape[0])
-        return real(cond, *a, **k)
-
-    dec.render_projected = spy
-    try:
-        assert cli("--input", path, "--output-dir", tmp_path / "four", "--batch-size", 4)[0] == 0
-    finally:
-        del dec.render_projected
+    calls = music_calls(cli, tiny_pipes, path, tmp_path / "four", 4)
     timings = [json.loads(line)["timings"] for line in (tmp_path / "four" / "results.jsonl").read_text().splitlines()]
     assert sorted(t["batch_size"] for t in timings) == [4] * 12                 # 3 text batches of 4
     music = [r for r in results(tmp_path / "one") if r["wav"]]
@@ -164,18 +170,7 @@ def test_music_renders_in_full_decoder_calls_while_text_decodes(cli, media, tmp_
              "seed": i, "music": True, "duration": 0.2} for i in range(16)]
     path = write_jsonl(tmp_path / "m.jsonl", reqs)
     assert cli("--input", path, "--output-dir", tmp_path / "warm", "--batch-size", 4)[0] == 0   # loads it
-    dec = tiny_pipes[("musicgen", "columns")].decoder()
-    real, calls = dec.render_projected, []
-
-    def spy(cond, *a, **k):
-        calls.append(cond.shape[0])
-        return real(cond, *a, **k)
-
-    dec.render_projected = spy
-    try:
-        assert cli("--input", path, "--output-dir", tmp_path / "four", "--batch-size", 4)[0] == 0
-    finally:
-        del dec.render_projected
+    calls = music_calls(cli, tiny_pipes, path, tmp_path / "four", 4)
     assert calls == [4, 4, 4, 4]
     assert results(tmp_path / "four") == results(tmp_path / "warm")
 
