@@ -9,7 +9,9 @@ causal attention already hides the padding, so a row computes what it computes a
 rounding of batched products.
 
 A row's answer does not depend on its batch-mates: its sampler is its own generator (when given
-one per prompt), drawn once per decision, exactly as alone.
+one per prompt), drawn once per decision, exactly as alone. Prompts may be submitted while the
+decoder runs (`Decoder.submit`, `Decoder.step`): the batch job feeds one decoder across a whole
+file (`llama.batch_stream`).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def room(ids_lengths: list[int], max_new: list[int], n_aud: int, context: int) -
 
 class Decoder:
     """`slots` rows decoding the prompts submitted to it, in submission order; more may be
-    submitted while it runs (the batch job keeps it fed across windows)."""
+    submitted while it runs. `capacity`: cache positions per row (`room`)."""
 
     def __init__(self, model, slots: int, capacity: int, eos_id: int, device, dtype, use_cache: bool = True,
                  decode_step=None, on_token=None):
