@@ -234,20 +234,6 @@ def bench_generate(models: Models, sizes: list[int], args) -> dict:
             "by_batch": rows, "batched_tokens_equal_one_by_one": same}
 
 
-@torch.inference_mode()
-def decode_rate(model, prompt, new: int, repeats: int, step=None) -> tuple[float, list[int]]:
-    def once(n):
-        t0 = time.perf_counter()
-        out = model.generate([prompt], {}, max_new_tokens=n, eos_id=NO_EOS, decode_step=step)
-        return time.perf_counter() - t0, out.tokens[0]
-    rates, tokens = [], None
-    for _ in range(repeats):
-        t1, _ = once(1)
-        tn, tokens = once(new)
-        rates.append((new - 1) / (tn - t1))
-    return max(rates), tokens
-
-
 def bench_floor(model, args) -> dict:
     """Batch-1 decode against the floor, in rounds: each round probes the bandwidth and measures
     eager and compiled decode right after, so each round's percentages compare rates of the same
@@ -260,7 +246,7 @@ def bench_floor(model, args) -> dict:
     if args.compile:
         step = CompiledDecode.for_model(model)
         t0 = time.perf_counter()
-        decode_rate(model, prompt, 8, 1, step)                        # compiles here
+        decode_bench.decode_rate(model, [prompt], 8, 1, step)                        # compiles here
         res["compile_s"] = time.perf_counter() - t0
     eager_tokens = None
     for _ in range(args.rounds):
@@ -268,11 +254,11 @@ def bench_floor(model, args) -> dict:
                         decode_bench.matvec_bandwidth((cfg.ffn_dim, cfg.dim), args.bw_mb, 7),
                         decode_bench.matvec_bandwidth((4096, 4096), args.bw_mb, 7))
         floor = bandwidth / nbytes
-        eager, eager_tokens = decode_rate(model, prompt, args.new, args.repeats)
+        eager, eager_tokens = decode_bench.decode_rate(model, [prompt], args.new, args.repeats)
         rnd = {"bandwidth_GBps": bandwidth / 1e9, "floor_tok_s": floor, "eager_tok_s": eager,
                "eager_pct_of_floor": 100 * eager / floor}
         if step is not None:
-            compiled, tokens = decode_rate(model, prompt, args.new, args.repeats, step)
+            compiled, tokens = decode_bench.decode_rate(model, [prompt], args.new, args.repeats, step)
             rnd.update(compiled_tok_s=compiled, compiled_pct_of_floor=100 * compiled / floor,
                        compiled_tokens_equal_eager=tokens == eager_tokens)
         res["rounds"].append(rnd)

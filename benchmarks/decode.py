@@ -135,6 +135,31 @@ def profile_decode(model: MuMuLLaMA, prompt, feats, new: int) -> dict:
 
 # ------------------------------------------------------------------------------ floor
 @torch.inference_mode()
+def sync(device) -> None:
+    """Wait for a GPU's queued work before reading the clock (nothing to wait for on a CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def decode_rate(model: MuMuLLaMA, prompts: list[list[int]], new: int, repeats: int, step=None,
+                device="cpu") -> tuple[float, list[list[int]]]:
+    """Decode tokens/s per row, prefill excluded (a run of `new` tokens minus a run of 1), best
+    of `repeats`; and the tokens of the last run. `step`: a decode step (llama.compiled_decode)."""
+    def once(n):
+        sync(device)
+        t0 = time.perf_counter()
+        out = model.generate(prompts, {}, max_new_tokens=n, eos_id=-1, decode_step=step)
+        sync(device)
+        return time.perf_counter() - t0, out.tokens
+    rates, tokens = [], None
+    for _ in range(repeats):
+        t1, _ = once(1)
+        tn, tokens = once(new)
+        rates.append((new - 1) / (tn - t1))
+    return max(rates), tokens
+
+
 def matvec_bandwidth(shape: tuple[int, int], total_mb: int, passes: int, column_major: bool = False) -> float:
     """Bytes/s of F.linear(x, W), x (1, in), over a set of fp32 (out, in) matrices totalling `total_mb` MB.
 

@@ -37,12 +37,6 @@ from llama.compiled_decode import CompiledDecode  # noqa: E402
 from llama.config import LLaMAConfig  # noqa: E402
 from llama.mumu_llama import MuMuLLaMA  # noqa: E402
 
-NO_EOS = -1
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(args, device: torch.device, dtype: torch.dtype) -> MuMuLLaMA:
@@ -50,22 +44,6 @@ def build(args, device: torch.device, dtype: torch.dtype) -> MuMuLLaMA:
     model = decode_bench.build_model(args, device, dtype)
     model.llm.merge_lora()
     return model.requires_grad_(False)
-
-
-@torch.inference_mode()
-def decode_rate(model, prompts, new: int, repeats: int, device, step=None) -> tuple[float, list]:
-    def once(n):
-        sync(device)
-        t0 = time.perf_counter()
-        out = model.generate(prompts, {}, max_new_tokens=n, eos_id=NO_EOS, decode_step=step)
-        sync(device)
-        return time.perf_counter() - t0, out.tokens
-    rates, tokens = [], None
-    for _ in range(repeats):
-        t1, _ = once(1)
-        tn, tokens = once(new)
-        rates.append((new - 1) / (tn - t1))
-    return max(rates), tokens
 
 
 @torch.inference_mode()
@@ -78,11 +56,11 @@ def bandwidth(args, device, dtype) -> float:
         mats = [torch.randn(shape, device=device, dtype=dtype) for _ in range(max(1, int(args.bw_gb * 2**30) // size))]
         x = torch.randn(1, shape[1], device=device, dtype=dtype)
         for _ in range(args.bw_passes):
-            sync(device)
+            decode_bench.sync(device)
             t0 = time.perf_counter()
             for w in mats:
                 F.linear(x, w)
-            sync(device)
+            decode_bench.sync(device)
             best = max(best, len(mats) * size / (time.perf_counter() - t0))
         del mats
     return best
@@ -107,13 +85,13 @@ def main(argv=None) -> dict:
     model = build(args, device, dtype)
     res["build_s"] = time.perf_counter() - t0
     prompts = [decode_bench.prompt_ids(args.prompt, model.cfg.llama.vocab_size)] * args.batch
-    res["eager_tok_s"], eager_tokens = decode_rate(model, prompts, args.new, args.repeats, device)
+    res["eager_tok_s"], eager_tokens = decode_bench.decode_rate(model, prompts, args.new, args.repeats, device=device)
     if args.compile:
         step = CompiledDecode.for_model(model)
         t0 = time.perf_counter()
-        decode_rate(model, prompts, 8, 1, device, step)                # compiles here
+        decode_bench.decode_rate(model, prompts, 8, 1, step, device)                # compiles here
         res["compile_s"] = time.perf_counter() - t0
-        res["compiled_tok_s"], tokens = decode_rate(model, prompts, args.new, args.repeats, device, step)
+        res["compiled_tok_s"], tokens = decode_bench.decode_rate(model, prompts, args.new, args.repeats, step, device)
         res["compiled_tokens_equal_eager"] = tokens == eager_tokens
         res["compiles"] = step.compiles
     # decode.py counts fp32 bytes; every tensor a step reads here is in `dtype`
