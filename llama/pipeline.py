@@ -277,11 +277,11 @@ class MuMuPipeline:
         """Requests (llama.request_schema.Request), each with its own settings, answered together,
         `batch_size` at a time (continuous batching; default: all at once): an Answer per request,
         in order, or the UserError that request failed with. Each answer is the one `answer`
-        gives that request alone (see llama.batch_runner.answer_group)."""
-        from .batch_runner import answer_group
+        gives that request alone (see llama.batch_runner)."""
+        from .batch_runner import answer_all
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        return answer_group(self, requests, decode_step, slots=batch_size)
+        return answer_all(self, requests, batch_size, decode_step)
 
 
 def check_answer_settings(prompt, music: bool, duration) -> None:
